@@ -5,7 +5,10 @@ subprocess for each backend, seeds a few hundred jobs, then measures
 ``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` twice: closed loop (N clients sending
 back to back: the throughput ceiling) and paced (a fixed request rate: latency
 at that load, measured from each request's scheduled time so a stall counts).
-The load generator runs on the same machine and competes for its cores.
+The load generator runs on the same machine and competes for its cores, so
+every row also shows the CPU milliseconds one request cost the server process,
+PostgreSQL's processes and the load generator (from ``/proc``): on a small
+machine their sum over the cores bounds the throughput, whatever the code waits on.
 
     .venv/bin/python bench/api_load.py [--duration 5] [--rate 200] [--jobs 300]
 """
@@ -35,6 +38,7 @@ from sqlalchemy.engine import make_url
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
+from bench._common import process_cpu_seconds  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
 from service.db import create_engine_for, migrate, session_scope  # noqa: E402
 from service.jobs import submit_job  # noqa: E402
@@ -56,6 +60,7 @@ class Result:
     latencies: list[float]
     errors: int
     seconds: float
+    cpu_ms: dict[str, float]  # CPU ms per request: server, postgres, generator
 
     def row(self) -> str:
         ordered = sorted(self.latencies)
@@ -64,7 +69,14 @@ class Result:
         rate = len(ordered) / self.seconds
         return (f"| {self.backend:<10} | {self.endpoint:<17} | {self.mode:<14} | "
                 f"{len(ordered):>6} | {rate:>7.0f} | {p50:>6.1f} | {p99:>6.1f} | "
-                f"{self.errors:>4} |")
+                f"{self.errors:>4} | {self.cpu_ms['server']:>6.2f} | "
+                f"{self.cpu_ms['postgres']:>8.2f} | {self.cpu_ms['generator']:>9.2f} | "
+                f"{self.ceiling():>7.0f} |")
+
+    def ceiling(self) -> float:
+        """Requests per second at which the machine's cores would all be busy."""
+        total_ms = sum(max(0.0, value) for value in self.cpu_ms.values())
+        return (os.cpu_count() or 1) * 1000 / total_ms if total_ms else float("inf")
 
 
 def _free_port() -> int:
@@ -105,8 +117,24 @@ def _seed(url: str, count: int) -> tuple[str, list[str]]:
     return key.key, ids
 
 
+def _postgres_cpu_seconds() -> float:
+    """CPU seconds of every process of the ``postgres`` user (the server and its backends)."""
+    try:
+        pids = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True,
+                              check=False).stdout.split()
+    except OSError:
+        return 0.0
+    return sum(process_cpu_seconds(int(pid)) or 0.0 for pid in pids)
+
+
+def _cpu_now(server_pid: int) -> dict[str, float]:
+    times = os.times()
+    return {"server": process_cpu_seconds(server_pid) or 0.0,
+            "postgres": _postgres_cpu_seconds(), "generator": times.user + times.system}
+
+
 @contextmanager
-def _server(url: str, home: Path) -> Iterator[int]:
+def _server(url: str, home: Path) -> Iterator[tuple[int, int]]:
     port = _free_port()
     environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_DATABASE_URL": url,
                    "TOPIARY_MAX_CONCURRENT_JOBS_PER_TENANT": str(10**9)}
@@ -127,7 +155,7 @@ def _server(url: str, home: Path) -> Iterator[int]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start; see {home / 'server.log'}")
             time.sleep(0.2)
-        yield port
+        yield port, server.pid
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -221,7 +249,7 @@ def main() -> None:
             home = Path(folder)
             with _database(backend, home) as url:
                 key, job_ids = _seed(url, options.jobs)
-                with _server(url, home) as port:
+                with _server(url, home) as (port, pid):
                     for endpoint, label in (("GET", "GET /v1/jobs/{id}"),
                                             ("POST", "POST /v1/jobs")):
                         send = _requester(endpoint, key, job_ids)
@@ -229,19 +257,26 @@ def main() -> None:
                         for mode, clients, rate in (
                                 (f"closed c={options.clients}", options.clients, None),
                                 (f"paced {options.rate:g}/s", 16, options.rate)):
+                            before = _cpu_now(pid)
                             latencies, errors, seconds = _run(
                                 port, send, clients=clients, duration=options.duration,
                                 rate=rate)
+                            after = _cpu_now(pid)
+                            cpu_ms = {name: 1000 * (after[name] - before[name])
+                                      / max(1, len(latencies)) for name in after}
                             results.append(Result(backend, label, mode, latencies, errors,
-                                                  seconds))
+                                                  seconds, cpu_ms))
     print(f"API load, {options.jobs}+ jobs in the database, {options.duration:g} s per row, "
           f"{os.cpu_count()} CPU cores shared by server and load generator")
     print("| backend    | endpoint          | mode           | reqs   | req/s   | p50 ms | "
-          "p99 ms | errs |")
+          "p99 ms | errs | server | postgres | generator | ceiling |")
     print("|------------|-------------------|----------------|--------|---------|--------|"
-          "--------|------|")
+          "--------|------|--------|----------|-----------|---------|")
     for result in results:
         print(result.row())
+    print("server / postgres / generator: CPU ms one request cost each (postgres: every "
+          "process of the postgres user);\nceiling: req/s at which those costs would fill all "
+          f"{os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -71,30 +72,24 @@ _RATIO_OF = {
 }
 
 
-class TargetRatio(float):
-    """The tightest limit as a fraction of the baseline, carrying the limits it came from.
-
-    It is a float (the ratio), so it can be read as a FLOPs budget; ``seed_plans``
-    also reads ``limits`` and ``baseline`` to check plans against the real limits.
+@dataclass(frozen=True)
+class SeedTarget:
+    """What the warm-start plans must meet: the tightest limit as a fraction of the
+    baseline (read as a FLOPs budget when shaping plans) and the limits themselves.
 
     Attributes:
+        ratio: the tightest limit as a fraction of the baseline (at most 1).
         limits: the active limits in absolute units (``search.constraints``).
-        baseline: the unpruned network's metrics (``batch_size`` is used for timings).
+        batch_size: the batch latency and memory are measured at.
     """
 
+    ratio: float
     limits: tuple[Limit, ...]
-    baseline: dict[str, Any]
-
-    def __new__(cls, ratio: float, limits: Sequence[Limit],
-                baseline: Mapping[str, Any]) -> TargetRatio:
-        value = super().__new__(cls, ratio)
-        value.limits = tuple(limits)
-        value.baseline = dict(baseline)
-        return value
+    batch_size: int = 1
 
 
-def target_ratio(constraints: Constraints, baseline: Mapping[str, Any]) -> TargetRatio | None:
-    """The tightest limit as a fraction of the baseline (None without limits)."""
+def target_ratio(constraints: Constraints, baseline: Mapping[str, Any]) -> SeedTarget | None:
+    """The tightest limit as a fraction of the baseline, with the limits (None without)."""
     ratios = []
     for name, value in constraints.model_dump().items():
         if value is None:
@@ -105,8 +100,8 @@ def target_ratio(constraints: Constraints, baseline: Mapping[str, Any]) -> Targe
             ratios.append(value / float(baseline[_RATIO_OF[name]]))
     if not ratios:
         return None
-    return TargetRatio(min(min(ratios), 1.0), active_limits(constraints, dict(baseline)),
-                       baseline)
+    return SeedTarget(min(min(ratios), 1.0), tuple(active_limits(constraints, dict(baseline))),
+                      int(baseline.get("batch_size", 1)))
 
 
 class PlanFit:
@@ -234,7 +229,7 @@ def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
 
 def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupInfo],
                blocks: Sequence[BlockInfo], scores: Mapping[str, ImportanceScores],
-               target: float | None, round_to: int = 1,
+               target: SeedTarget | float | None, round_to: int = 1,
                allow_block_removal: bool = True) -> list[tuple[str, PrunePlan]]:
     """Labelled plans to enqueue, best guesses first (see the module docstring).
 
@@ -244,19 +239,18 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
         groups, blocks: the search space's groups and removable blocks.
         scores: method name -> its importance scores (the spec's ``warm_start``).
         target: ``target_ratio(...)``: the tightest limit as a fraction of the
-            baseline, with the limits themselves; a plain float is read as a
-            FLOPs budget; None without limits.
+            baseline, with the limits themselves; a plain number is a FLOPs
+            budget (fraction of the baseline's); None without limits.
         round_to: channel multiple of partial keep counts.
         allow_block_removal: whether warm-start plans may drop blocks.
     """
+    if isinstance(target, float | int):
+        baseline_flops = count_flops_params(model, tuple(example_input.shape[1:]))[0]
+        target = SeedTarget(float(target),
+                            (Limit("max_flops_ratio", "flops", float(target) * baseline_flops),))
     if target is not None:
-        limits = getattr(target, "limits", None)
-        if limits is None:
-            baseline_flops = count_flops_params(model, tuple(example_input.shape[1:]))[0]
-            limits = (Limit("max_flops_ratio", "flops", float(target) * baseline_flops),)
-        batch_size = int(getattr(target, "baseline", {}).get("batch_size", 1))
-        fits = PlanFit(model, example_input, limits, batch_size=batch_size)
-        return _limited_plans(groups, blocks, scores, float(target), fits, round_to,
+        fits = PlanFit(model, example_input, target.limits, batch_size=target.batch_size)
+        return _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
                               allow_block_removal)
     counter = FlopsCounter(model, example_input)
     targets = flops_targets(target)

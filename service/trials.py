@@ -9,9 +9,10 @@ Workers record each trial's measurements as user attributes: ``plan`` (dict),
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from service.errors import DatabaseError
 
@@ -19,9 +20,10 @@ TRIAL_ATTRIBUTES = ("plan", "accuracy", "latency_ms", "latency_p90_ms", "memory_
                     "params", "feasible", "fine_tune_seconds")
 
 
-@dataclass(frozen=True)
-class TrialSummary:
-    """One trial as the API shows it (missing measurements are None)."""
+class TrialSummary(BaseModel):
+    """One trial as the API shows it (missing measurements are None); the API's schema too."""
+
+    model_config = ConfigDict(frozen=True)
 
     number: int
     state: str
@@ -37,9 +39,6 @@ class TrialSummary:
     fine_tune_seconds: float | None
     started_at: datetime | None
     completed_at: datetime | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _summary(trial: Any) -> TrialSummary:

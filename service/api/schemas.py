@@ -123,31 +123,10 @@ class EventPublic(BaseModel):
                    data=event.data)
 
 
-class TrialPublic(BaseModel):
-    number: int
-    state: str
-    values: list[float] | None
-    plan: dict[str, Any] | None
-    accuracy: float | None
-    latency_ms: float | None
-    latency_p90_ms: float | None
-    memory_mb: float | None
-    flops: float | None
-    params: float | None
-    feasible: bool | None
-    fine_tune_seconds: float | None
-    started_at: datetime | None
-    completed_at: datetime | None
-
-    @classmethod
-    def from_summary(cls, trial: TrialSummary) -> TrialPublic:
-        return cls.model_validate(trial.to_dict())
-
-
 class TrialsPublic(BaseModel):
     job_id: str
     study_name: str | None
-    data: list[TrialPublic]
+    data: list[TrialSummary]
     count: int
 
 

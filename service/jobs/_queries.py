@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from service.db import use_session
 from service.errors import NotFoundError
 from service.jobs._state import JobStatus
 from service.tables import Artifact, Event, Job, WeightsUpload, is_valid_id
+
+# One query: the artifacts come with the job instead of a second SELECT. Built once:
+# building a statement costs more than running it.
+_JOB = select(Job).options(joinedload(Job.artifacts)).where(Job.id == bindparam("job_id"))
+_TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
 
 
 def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -> Job:
@@ -19,12 +24,10 @@ def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -
     """
     if not is_valid_id(job_id):
         raise NotFoundError(f"job {job_id} not found")
-    # One query: the artifacts come with the job instead of a second SELECT.
-    statement = select(Job).options(joinedload(Job.artifacts)).where(Job.id == job_id)
-    if tenant_id is not None:
-        statement = statement.where(Job.tenant_id == tenant_id)
+    statement, parameters = ((_JOB, {"job_id": job_id}) if tenant_id is None else
+                             (_TENANT_JOB, {"job_id": job_id, "tenant_id": tenant_id}))
     with use_session(bind) as session:
-        job = session.scalars(statement).unique().one_or_none()
+        job = session.scalars(statement, parameters).unique().one_or_none()
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job

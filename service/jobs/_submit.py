@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidSpecError
@@ -13,7 +13,21 @@ from search.spec import JobSpec, resolve_data_root
 from service.db import use_session, utcnow
 from service.errors import SpecValidationError, TooManyJobsError
 from service.jobs._state import ACTIVE_STATUSES, JobStatus
-from service.tables import Event, Job, Tenant, WeightsUpload, is_valid_id
+from service.tables import Event, Job, Tenant, WeightsUpload, is_valid_id, new_id
+
+# Statements of the submission path, built once (building one costs more than running it).
+_INSERT_JOB = insert(Job)
+_INSERT_EVENT = insert(Event)
+# Writing the tenant row serialises this tenant's submissions (a row lock on
+# PostgreSQL, the write lock on SQLite) until commit, so the count after it, which
+# includes the new job, is exact. Taking it last keeps the lock short.
+_LOCK_TENANT = (update(Tenant).where(Tenant.id == bindparam("tenant"))
+                .values(last_submission_at=bindparam("now")))
+# Counting stops past the cap: the question is only whether the new job fits.
+_ACTIVE_JOBS = select(func.count()).select_from(
+    select(Job.id).where(Job.tenant_id == bindparam("tenant"),
+                         Job.status.in_([s.value for s in ACTIVE_STATUSES]))
+    .limit(bindparam("cap_plus_one")).subquery())
 
 
 def requested_device_type(spec: JobSpec) -> str | None:
@@ -32,7 +46,8 @@ def _nul_characters(value: Any, location: list[str | int]) -> list[dict[str, Any
 
 
 def submission_errors(session: Session, tenant_id: int, spec: JobSpec,
-                      data_root: Path) -> list[dict[str, Any]]:
+                      data_root: Path, dumped: dict[str, Any] | None = None
+                      ) -> list[dict[str, Any]]:
     """What makes a well-formed spec impossible to run on this server, field by field.
 
     Args:
@@ -40,11 +55,12 @@ def submission_errors(session: Session, tenant_id: int, spec: JobSpec,
         tenant_id: the submitting tenant (weights must be its own upload).
         spec: the parsed spec.
         data_root: ``Settings.data_root``.
+        dumped: ``spec.model_dump(mode="json")`` when the caller has it already.
 
     Returns:
         One ``{"loc", "msg", "type"}`` per bad field; empty when the spec can run.
     """
-    errors = _nul_characters(spec.model_dump(mode="json"), [])
+    errors = _nul_characters(spec.model_dump(mode="json") if dumped is None else dumped, [])
     if errors:
         return errors  # no path or database lookup can take such strings
     if spec.dataset.root:
@@ -101,29 +117,26 @@ def submit_job(bind: Engine | Session, tenant_id: int, spec: JobSpec, *, data_ro
 
 def _submit(session: Session, tenant_id: int, spec: JobSpec, data_root: Path,
             max_active_jobs: int) -> Job:
-    errors = submission_errors(session, tenant_id, spec, data_root)
+    dumped = spec.model_dump(mode="json")
+    errors = submission_errors(session, tenant_id, spec, data_root, dumped)
     if errors:
         raise SpecValidationError(errors)
     now = utcnow()
-    job = Job(tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
+    # Core INSERTs: the ORM's unit of work costs more than the statement itself here.
+    job = Job(id=new_id(), tenant_id=tenant_id, name=spec.name, spec=dumped,
               status=JobStatus.QUEUED.value, device_request=requested_device_type(spec),
               attempts=0, cancel_requested=False, created_at=now, updated_at=now,
               artifacts=[])
-    session.add(job)
-    session.flush()
-    session.execute(insert(Event).values(job_id=job.id, kind="status", created_at=now,
-                                         message="status: queued (submitted)",
-                                         data={"status": JobStatus.QUEUED.value}))
-    # Writing the tenant row serialises this tenant's submissions (a row lock on
-    # PostgreSQL, the write lock on SQLite) until commit, so the count below, which
-    # includes the new job, is exact. Taking it last keeps the lock short.
-    session.execute(update(Tenant).where(Tenant.id == tenant_id)
-                    .values(last_submission_at=now))
-    # Counting stops past the cap: the question is only whether the new job fits.
-    active_rows = (select(Job.id).where(Job.tenant_id == tenant_id,
-                                        Job.status.in_([s.value for s in ACTIVE_STATUSES]))
-                   .limit(max_active_jobs + 1).subquery())
-    active = session.scalar(select(func.count()).select_from(active_rows)) or 0
+    session.execute(_INSERT_JOB, [{
+        "id": job.id, "tenant_id": tenant_id, "name": job.name, "spec": dumped,
+        "status": job.status, "device_request": job.device_request, "attempts": 0,
+        "cancel_requested": False, "created_at": now, "updated_at": now}])
+    session.execute(_INSERT_EVENT, [{
+        "job_id": job.id, "kind": "status", "created_at": now,
+        "message": "status: queued (submitted)", "data": {"status": JobStatus.QUEUED.value}}])
+    session.execute(_LOCK_TENANT, {"tenant": tenant_id, "now": now})
+    active = session.scalar(_ACTIVE_JOBS, {"tenant": tenant_id,
+                                           "cap_plus_one": max_active_jobs + 1}) or 0
     if active > max_active_jobs:
         raise TooManyJobsError(f"this tenant already has {max_active_jobs} unfinished jobs, "
                                "the limit; wait for one to end or cancel one")

@@ -20,7 +20,7 @@ from models.plan import (
     removable_blocks,
 )
 from search.constraints import Limit
-from search.seeding import PlanFit, TargetRatio, fitted_plan, seed_plans, target_ratio
+from search.seeding import PlanFit, SeedTarget, fitted_plan, seed_plans, target_ratio
 from search.spec import Constraints
 from search.warm_start import shaped_plan
 
@@ -60,7 +60,7 @@ def test_target_ratio_is_the_tightest_ratio_and_carries_the_limits() -> None:
 
     target = target_ratio(Constraints(max_flops_ratio=0.6, max_latency_ms=0.8), baseline)
 
-    assert isinstance(target, TargetRatio) and target == pytest.approx(0.4)
+    assert isinstance(target, SeedTarget) and target.ratio == pytest.approx(0.4)
     limits = sorted((limit.metric, limit.limit) for limit in target.limits)
     assert limits == [("flops", pytest.approx(600.0)), ("latency_ms", pytest.approx(0.8))]
     assert target_ratio(Constraints(), baseline) is None
@@ -124,10 +124,10 @@ def test_latency_limits_are_timed_on_the_pruned_network(network) -> None:  # typ
     fit = PlanFit(model, x, [generous])
     assert fit.measured and fit(PrunePlan.unpruned())
     assert fit.metrics(PrunePlan.unpruned())["latency_ms"] > 0
-    loose = seed_plans(model, x, groups, blocks, scores, TargetRatio(0.5, [generous], {}),
+    loose = seed_plans(model, x, groups, blocks, scores, SeedTarget(0.5, (generous,)),
                        round_to=4, allow_block_removal=False)
     assert [plan.is_unpruned() for _, plan in loose] == [True, True, True]  # widest fits
-    assert seed_plans(model, x, groups, blocks, scores, TargetRatio(0.5, [impossible], {}),
+    assert seed_plans(model, x, groups, blocks, scores, SeedTarget(0.5, (impossible,)),
                       round_to=4, allow_block_removal=False) == []
 
 

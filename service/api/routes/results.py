@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, Response
 
 from service import jobs
 from service.api.deps import CurrentTenant, SessionDep, StudyReaderDep
-from service.api.schemas import ErrorPublic, TrialPublic, TrialsPublic
+from service.api.schemas import ErrorPublic, TrialsPublic
 from service.errors import NotFoundError
 from service.trials import TrialSummary, pareto_front
 
@@ -25,7 +25,7 @@ _SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt
 def _trials_public(job_id: str, study_name: str | None,
                    trials: list[TrialSummary]) -> TrialsPublic:
     return TrialsPublic(job_id=job_id, study_name=study_name, count=len(trials),
-                        data=[TrialPublic.from_summary(trial) for trial in trials])
+                        data=trials)
 
 
 @router.get("/{job_id}/trials", responses=NOT_FOUND)
