@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -66,12 +67,16 @@ class DataSplits:
         splits = (self.train, self.val, self.test, self.calibration)
         if device.type != "cuda" or not all(isinstance(s, TensorDataset) for s in splits):
             return self
-        size = sum(t.element_size() * t.nelement() for s in splits for t in s.tensors)
+        size = sum(t.element_size() * t.nelement()
+                   for s in splits for t in cast(TensorDataset, s).tensors)
         free, _total = torch.cuda.mem_get_info(device)
         if size > max_share * free:
             return self
-        moved = [TensorDataset(*(t.to(device) for t in s.tensors)) for s in splits]
-        return DataSplits(*moved, num_classes=self.num_classes, input_shape=self.input_shape)
+        train, val, test, calibration = (
+            TensorDataset(*(t.to(device) for t in cast(TensorDataset, s).tensors))
+            for s in splits)
+        return DataSplits(train, val, test, calibration, num_classes=self.num_classes,
+                          input_shape=self.input_shape)
 
 
 def _split_indices(count: int, seed: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GPSampler, NSGAIISampler, RandomSampler, TPESampler
@@ -45,11 +47,12 @@ def make_pruner(spec: JobSpec) -> BasePruner:
     return NopPruner()
 
 
-def directions(spec: JobSpec) -> list[str]:
+def directions(spec: JobSpec) -> list[Literal["minimize", "maximize"]]:
     """Study directions: accuracy up; in pareto mode latency (and memory) down."""
     if spec.objective.mode != "pareto":
         return ["maximize"]
-    extra = ["minimize", "minimize"] if spec.objective.pareto_memory else ["minimize"]
+    extra: list[Literal["minimize", "maximize"]] = (
+        ["minimize", "minimize"] if spec.objective.pareto_memory else ["minimize"])
     return ["maximize", *extra]
 
 

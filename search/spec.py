@@ -128,6 +128,13 @@ class LatencySpec(_Strict):
         return value
 
 
+WarmStartMethod = Literal["attention", "pls", "magnitude"]
+
+
+def _default_warm_start() -> list[WarmStartMethod]:
+    return ["attention", "pls"]
+
+
 class SearchSpec(_Strict):
     sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
     n_trials: int = Field(default=40, ge=1, le=MAX_TRIALS)
@@ -137,8 +144,7 @@ class SearchSpec(_Strict):
     min_keep_ratio: float = Field(default=0.1, gt=0, le=1,
                                   description="no group keeps fewer channels than this share")
     round_to: int = Field(default=4, ge=1, le=256)
-    warm_start: list[Literal["attention", "pls", "magnitude"]] = Field(
-        default_factory=lambda: ["attention", "pls"])
+    warm_start: list[WarmStartMethod] = Field(default_factory=_default_warm_start)
     trial_pruner: Literal["none", "median", "hyperband"] = "none"
 
 

@@ -8,14 +8,18 @@ and ``RetryHeartbeatStaleTrialCallback`` re-queues the same parameters.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 #: Seconds between heartbeats of a running trial; stale after twice that.
 HEARTBEAT_SECONDS = 10
 MAX_RETRY = 3
+#: Attempts at opening a storage whose tables another process is creating right now.
+SCHEMA_ATTEMPTS = 5
 
 
 def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS,
@@ -33,7 +37,17 @@ def open_storage(url: str, heartbeat_seconds: int = HEARTBEAT_SECONDS,
     with warnings.catch_warnings():
         # Heartbeats and the retry callback are "experimental" in Optuna 5.0; we rely on them.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _rdb_storage(url, engine_kwargs, heartbeat_seconds, max_retry)
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            try:
+                return _rdb_storage(url, engine_kwargs, heartbeat_seconds, max_retry)
+            except (IntegrityError, ProgrammingError) as error:
+                # Optuna creates its tables (and PostgreSQL enum types) when they are
+                # missing, without a lock: two processes opening a fresh database at once
+                # collide with "already exists". The loser finds them made next time.
+                if attempt == SCHEMA_ATTEMPTS or "already exists" not in str(error):
+                    raise
+                time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _rdb_storage(url: str, engine_kwargs: dict, heartbeat_seconds: int,

@@ -75,7 +75,8 @@ def seconds_left(study: optuna.Study, spec: JobSpec) -> float | None:
     return started + spec.search.timeout_minutes * 60 - time.time()
 
 
-def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], object], spec: JobSpec,
+def run_trials(study: optuna.Study,
+               objective: Callable[[optuna.Trial], float | Sequence[float]], spec: JobSpec,
                should_stop: Callable[[], bool] = lambda: False,
                on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
                max_consecutive_failures: int = 3, wait_seconds: float = 1.0) -> str:

@@ -31,6 +31,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from torch import Tensor, nn
 
@@ -112,6 +113,11 @@ def largest_fitting(make_plan: Callable[[float], PrunePlan], fits: PlanCheck,
         else:
             high = middle
     return best
+
+
+def _with_drops(plan_for: Callable[[float, list[str]], PrunePlan], dropped: list[str],
+                knob: float) -> PrunePlan:
+    return plan_for(knob, dropped)
 
 
 def _bisect(make_plan: Callable[[float], PrunePlan], flops: Callable[[PrunePlan], int],
@@ -264,7 +270,7 @@ def warm_start_plans(model: nn.Module, example_input: Tensor, groups: Sequence[G
         if allow_block_removal and blocks:
             dropped = _blocks_to_drop(blocks, scores, target, block_share,
                                       lambda names: plan_for(1.0, names), counter, budget)
-        plan = _bisect(lambda knob, dropped=dropped: plan_for(knob, dropped), counter, budget)
+        plan = _bisect(partial(_with_drops, plan_for, dropped), counter, budget)
         if plan is None:
             logger.warning("no %s warm-start plan reaches %.0f%% of the baseline MACs; skipped",
                            scores.method, 100 * target)

@@ -8,7 +8,7 @@ the study (enqueued plans are not queued twice) are all reused.
 
 from __future__ import annotations
 
-from models.importance import ScoreCache, cached_score, dataset_identity
+from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
 from search.objective import measure_baseline
 from search.seeding import seed_plans, target_ratio
@@ -45,7 +45,7 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
                       baseline)
     cache = ScoreCache(run.files.scores)
     dataset = dataset_identity(spec.dataset.name, spec.image_size(), spec.seed)
-    scores = {}
+    scores: dict[str, ImportanceScores] = {}
     for method in spec.search.warm_start:
         runtime.phase(run, f"scoring filters and blocks with {method}")
         scores[method] = cached_score(cache, model, splits, method, dataset, groups, blocks)

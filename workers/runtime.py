@@ -47,12 +47,14 @@ class WorkerRuntime:
 
     def start_run(self, job: ClaimedJob) -> JobRun:
         spec = JobSpec.model_validate(job.spec)
+        assert self.settings.artifact_dir is not None  # Settings fills it in
         files = JobFiles.for_job(self.settings.artifact_dir, self.settings.home, job.id)
         return JobRun(job, spec, files)
 
     def load_data(self, spec: JobSpec) -> DataSplits:
         root = None
         if spec.dataset.root:
+            assert self.settings.data_root is not None  # Settings fills it in
             root = resolve_data_root(spec.dataset.root, self.settings.data_root)
         splits = load_dataset(spec.dataset.name, spec.image_size(), root=root, seed=spec.seed)
         return splits.to_device(self.device.name)

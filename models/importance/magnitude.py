@@ -49,7 +49,7 @@ def _group_scores(model: nn.Module, targets: ScoringTargets,
     return channel, group
 
 
-def _block_weights(block: nn.Module) -> list[nn.Parameter]:
+def _block_weights(block: nn.Module) -> list[torch.Tensor]:
     return [module.weight for module in block.modules()
             if isinstance(module, nn.modules.conv._ConvNd | nn.modules.batchnorm._BatchNorm)
             and getattr(module, "weight", None) is not None]
@@ -96,7 +96,8 @@ def taylor_scores(model: nn.Module, splits: DataSplits, targets: ScoringTargets,
         channel, group = _group_scores(model, targets, importance)
         block: dict[str, float] = {}
         for name, module in targets.blocks.items():
-            products = [(p.detach() * p.grad).abs().flatten() for p in module.parameters()]
+            products = [(p.detach() * p.grad).abs().flatten() for p in module.parameters()
+                        if p.grad is not None]
             block[name] = float(torch.cat(products).mean()) if products else 0.0
     finally:
         for parameter, grad, flag in saved:
