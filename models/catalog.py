@@ -2,13 +2,20 @@
 
 The API process lists and validates architectures and datasets from here
 without importing torch; `models.architectures` holds the builders and is
-checked against this catalog by the tests.
+checked against this catalog by the tests. Architectures that installed
+packages add through the ``topiary.architectures`` entry-point group are
+found from their package metadata, without importing them.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
 from typing import Any
+
+#: Entry-point group through which installed packages add architectures.
+PLUGIN_GROUP = "topiary.architectures"
 
 
 @dataclass(frozen=True)
@@ -18,9 +25,10 @@ class ArchitectureInfo:
     Attributes:
         name: registry name used in job specs (``model.arch``).
         description: one line for humans.
-        arguments: keyword arguments the builder takes, with their defaults.
+        arguments: keyword arguments the builder takes, with their defaults
+            (unknown, so empty and unchecked, for plugins).
         default_input_size: the image side the architecture was designed for.
-        family: ``cifar_resnet``, ``vgg``, ``torchvision``.
+        family: ``cifar_resnet``, ``vgg``, ``torchvision``, or ``plugin``.
     """
 
     name: str
@@ -133,9 +141,36 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+PLUGIN_FAMILY = "plugin"
+
+
+@functools.cache
+def plugin_architectures() -> dict[str, ArchitectureInfo]:
+    """Architectures of installed plugins (read once per process from package metadata).
+
+    A plugin's builder arguments are not known without importing it, so they
+    are not checked at submission; the worker reports a wrong one.
+    """
+    found = {}
+    for point in entry_points(group=PLUGIN_GROUP):
+        if point.name in ARCHITECTURES:
+            continue  # the built-in one wins, as in models.architectures.build_model
+        package = point.dist.name if point.dist is not None else "an installed package"
+        found[point.name] = ArchitectureInfo(
+            name=point.name, description=f"plugin {point.value} from {package}",
+            arguments={}, default_input_size=32, family=PLUGIN_FAMILY)
+    return found
+
+
+def architecture_info(name: str) -> ArchitectureInfo | None:
+    """A built-in or plugin architecture by name (None when neither has it)."""
+    return ARCHITECTURES.get(name) or plugin_architectures().get(name)
+
+
 def list_architectures() -> list[dict[str, Any]]:
     """Every buildable architecture as a dict (name, description, arguments, input size)."""
-    return [info.to_dict() for info in ARCHITECTURES.values()]
+    return [info.to_dict() for info in (*ARCHITECTURES.values(),
+                                        *plugin_architectures().values())]
 
 
 def list_datasets() -> list[dict[str, Any]]:

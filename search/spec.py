@@ -12,7 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.catalog import ARCHITECTURES, DATASETS
+from models.catalog import (
+    ARCHITECTURES,
+    DATASETS,
+    PLUGIN_FAMILY,
+    architecture_info,
+    plugin_architectures,
+)
 from models.errors import InvalidSpecError
 
 MAX_TRIALS = 1000
@@ -38,14 +44,18 @@ class ModelSpec(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        if value not in ARCHITECTURES:
+        if architecture_info(value) is None:
+            known = [*ARCHITECTURES, *plugin_architectures()]
             raise ValueError(f"unknown architecture {value!r}; see GET /v1/architectures "
-                             f"(known: {', '.join(ARCHITECTURES)})")
+                             f"(known: {', '.join(known)})")
         return value
 
     @model_validator(mode="after")
     def _known_arguments(self) -> ModelSpec:
-        allowed = set(ARCHITECTURES[self.arch].arguments) - {"num_classes"}
+        info = architecture_info(self.arch)
+        if info is None or info.family == PLUGIN_FAMILY:
+            return self  # a plugin's arguments are checked by its builder, in the worker
+        allowed = set(info.arguments) - {"num_classes"}
         unknown = set(self.arguments) - allowed
         if unknown:
             raise ValueError(f"{self.arch} takes arguments {sorted(allowed)}, "

@@ -11,7 +11,7 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from torchvision.models.resnet import Bottleneck
 
-from models.catalog import ARCHITECTURES
+from models.catalog import ARCHITECTURES, PLUGIN_GROUP
 from models.errors import InvalidSpecError, UnknownArchitectureError
 
 from .cifar_resnet import BasicBlock as CifarBasicBlock
@@ -21,8 +21,6 @@ from .vgg import CifarVGG
 
 __all__ = ["build_model", "residual_blocks", "PLUGIN_GROUP"]
 
-#: Entry-point group through which installed packages add architectures.
-PLUGIN_GROUP = "topiary.architectures"
 
 Builder = Callable[..., nn.Module]
 
