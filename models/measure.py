@@ -43,6 +43,7 @@ __all__ = [
     "count_flops_params",
     "measure",
     "measure_latency",
+    "compare_latency",
     "model_bytes",
     "peak_activation_bytes",
     "resolve_device",
@@ -337,14 +338,49 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device: str 
     with _torch_threads(threads) as used_threads, _on_device(model, target):
         batch = _sample_batch(input_shape, batch_size, target)
         times = _time_passes(model, batch, target, warmup, runs)
+    return _latency_result(times, batch_size, target, used_threads)
+
+
+def compare_latency(reference: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...],
+                    device: str | torch.device, batch_size: int = 1, warmup: int = 5,
+                    runs: int = 30, threads: int | None = None
+                    ) -> tuple[LatencyResult, LatencyResult]:
+    """Time two networks side by side: their timed passes alternate.
+
+    Whatever else the machine runs meanwhile slows both alike, so the ratio of
+    the two medians holds when absolute times drift (a baseline timed once, at
+    another moment, does not). Arguments as ``measure_latency``.
+
+    Returns:
+        ``(reference's latency, candidate's latency)``.
+    """
+    if runs < 1 or batch_size < 1 or warmup < 0:
+        raise InvalidSpecError(f"need runs >= 1, batch_size >= 1, warmup >= 0; got runs={runs}, "
+                               f"batch_size={batch_size}, warmup={warmup}")
+    target = resolve_device(device)
+    with (_torch_threads(threads) as used_threads, _on_device(reference, target),
+          _on_device(candidate, target)):
+        batch = _sample_batch(input_shape, batch_size, target)
+        _time_passes(reference, batch, target, warmup, 0)
+        _time_passes(candidate, batch, target, warmup, 0)
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(runs):
+            times[0].extend(_time_passes(reference, batch, target, 0, 1))
+            times[1].extend(_time_passes(candidate, batch, target, 0, 1))
+    return (_latency_result(times[0], batch_size, target, used_threads),
+            _latency_result(times[1], batch_size, target, used_threads))
+
+
+def _latency_result(times: list[float], batch_size: int, target: torch.device,
+                    threads: int) -> LatencyResult:
     return LatencyResult(
         median_ms=float(np.median(times)),
         p90_ms=float(np.percentile(times, 90)),
-        runs=runs,
+        runs=len(times),
         batch_size=batch_size,
         device_type=target.type,
         device_name=_device_name(target),
-        threads=used_threads,
+        threads=threads,
     )
 
 

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from models.importance import ImportanceScores
 from models.measure import (
     MIB,
+    compare_latency,
     count_flops_params,
     measure_latency,
     model_bytes,
@@ -81,11 +82,14 @@ class SeedTarget:
         ratio: the tightest limit as a fraction of the baseline (at most 1).
         limits: the active limits in absolute units (``search.constraints``).
         batch_size: the batch latency and memory are measured at.
+        baseline_latency_ms: the unpruned network's recorded latency; plans are then
+            timed side by side with it, as trials are (``search.objective``).
     """
 
     ratio: float
     limits: tuple[Limit, ...]
     batch_size: int = 1
+    baseline_latency_ms: float | None = None
 
 
 def target_ratio(constraints: Constraints, baseline: Mapping[str, Any]) -> SeedTarget | None:
@@ -100,8 +104,10 @@ def target_ratio(constraints: Constraints, baseline: Mapping[str, Any]) -> SeedT
             ratios.append(value / float(baseline[_RATIO_OF[name]]))
     if not ratios:
         return None
+    latency = baseline.get("latency_ms")
     return SeedTarget(min(min(ratios), 1.0), tuple(active_limits(constraints, dict(baseline))),
-                      int(baseline.get("batch_size", 1)))
+                      int(baseline.get("batch_size", 1)),
+                      float(latency) if latency is not None else None)
 
 
 class PlanFit:
@@ -117,11 +123,16 @@ class PlanFit:
         limits: the active limits.
         batch_size: the batch latency and memory are measured at.
         margin: the share of a measured limit left free for timing noise.
+        baseline_latency_ms: when given, a plan's latency is timed side by side with
+            ``model`` and expressed in the conditions of this recorded baseline
+            latency, as trials do; otherwise timed alone.
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor, limits: Sequence[Limit],
-                 batch_size: int = 1, margin: float = MEASURED_MARGIN) -> None:
+                 batch_size: int = 1, margin: float = MEASURED_MARGIN,
+                 baseline_latency_ms: float | None = None) -> None:
         self.model = model
+        self.baseline_latency_ms = baseline_latency_ms
         self.example_input = example_input
         self.limits = list(limits)
         self.batch_size = batch_size
@@ -152,9 +163,15 @@ class PlanFit:
             record["memory_mb"] = (model_bytes(pruned) + peak_activation_bytes(
                 pruned, shape, self.batch_size, device)) / MIB
         if "latency_ms" in metrics:
-            record["latency_ms"] = measure_latency(pruned, shape, device,
-                                                   batch_size=self.batch_size).median_ms
+            record["latency_ms"] = self._latency_ms(pruned, shape, device)
         return record
+
+    def _latency_ms(self, pruned: nn.Module, shape: tuple[int, ...], device: Any) -> float:
+        if self.baseline_latency_ms is None:
+            return measure_latency(pruned, shape, device, batch_size=self.batch_size).median_ms
+        reference, timed = compare_latency(self.model, pruned, shape, device,
+                                           batch_size=self.batch_size)
+        return timed.median_ms / reference.median_ms * self.baseline_latency_ms
 
     def __call__(self, plan: PrunePlan) -> bool:
         key = plan.fingerprint()
@@ -249,7 +266,8 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
         target = SeedTarget(float(target),
                             (Limit("max_flops_ratio", "flops", float(target) * baseline_flops),))
     if target is not None:
-        fits = PlanFit(model, example_input, target.limits, batch_size=target.batch_size)
+        fits = PlanFit(model, example_input, target.limits, batch_size=target.batch_size,
+                       baseline_latency_ms=target.baseline_latency_ms)
         return _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
                               allow_block_removal)
     counter = FlopsCounter(model, example_input)

@@ -10,6 +10,7 @@ from models import apply_plan, build_model, prunable_groups
 from models.errors import InvalidSpecError
 from models.measure import (
     DeviceUnavailableError,
+    compare_latency,
     count_flops_params,
     measure,
     measure_latency,
@@ -111,6 +112,21 @@ def test_latency_result_is_sane_and_threads_are_restored() -> None:
     assert model.training
     assert set(result.to_dict()) == {"median_ms", "p90_ms", "runs", "batch_size",
                                      "device_type", "device_name", "threads"}
+
+
+def test_side_by_side_latency_ranks_a_deeper_network_slower() -> None:
+    shallow = build_model("cifar_resnet20").train()
+    deep = build_model("cifar_resnet56").train()  # 2.8x the layers, 2.8x the MACs
+    reference, candidate = compare_latency(deep, shallow, (3, 16, 16), "cpu", batch_size=4,
+                                           warmup=2, runs=9)
+    assert reference.runs == candidate.runs == 9
+    assert candidate.median_ms < 0.8 * reference.median_ms
+    same_a, same_b = compare_latency(shallow, shallow, (3, 16, 16), "cpu", batch_size=4,
+                                     warmup=2, runs=9)
+    assert 0.5 < same_b.median_ms / same_a.median_ms < 2.0
+    assert shallow.training and deep.training  # modes restored
+    with pytest.raises(InvalidSpecError, match="runs"):
+        compare_latency(shallow, deep, (3, 16, 16), "cpu", runs=0)
 
 
 def test_latency_refuses_nonsense_settings() -> None:

@@ -165,3 +165,24 @@ def test_a_plan_that_breaks_only_a_latency_limit_is_timed_twice(
         retimed[name] = trial.user_attrs["latency_retimed"]
     # A second timing can rescue a plan only when latency alone stands in its way.
     assert retimed == {"only_latency": True, "also_flops": False}
+
+
+def test_latency_limits_hold_when_the_baseline_was_timed_on_a_slower_machine(
+        tmp_path, baseline, baseline_metrics) -> None:
+    # The baseline's latency as if it had been timed while the machine was 10x slower
+    # (a busy moment while preparing). Timed plainly, the unpruned network itself would
+    # now pass "at most 50% of the baseline's latency"; side by side it cannot.
+    slow_moment = {**baseline_metrics, "latency_ms": 10 * baseline_metrics["latency_ms"]}
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.5}},
+                     search={"n_trials": 1}, fine_tune={"trial_epochs": 0})
+    context = make_context(baseline, slow_moment, spec)
+    study = _study(tmp_path, spec)
+    enqueue_plans(study, context.space, [("unpruned", PrunePlan.unpruned())])
+    run_trials(study, Objective(context), spec)
+    [trial] = study.get_trials(states=(TrialState.COMPLETE,))
+    attrs = trial.user_attrs
+    assert attrs["feasible"] is False
+    assert attrs["latency_raw_ms"] < 0.5 * slow_moment["latency_ms"]  # the trap
+    assert 0.5 < attrs["latency_ratio"] < 2.0
+    assert attrs["latency_ms"] == pytest.approx(attrs["latency_ratio"]
+                                                * slow_moment["latency_ms"])
