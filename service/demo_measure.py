@@ -3,7 +3,8 @@
 Imports torch (the demo imports this module only after its job succeeded).
 Costs (latency, memory, FLOPs, parameters) of the unpruned architecture and of
 the pruned network are measured here, on this machine's CPU, side by side:
-latency is the median of interleaved rounds so that both see the same load.
+their latency passes alternate (``models.measure.compare_latency``) so that
+both see the same load.
 Accuracy is on the held-out test split: the pruned network is evaluated here,
 the unpruned one's accuracy is the worker's (its trained weights stay on the
 server; only the pruned checkpoint is downloadable).
@@ -11,7 +12,6 @@ server; only the pruned checkpoint is downloadable).
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,8 @@ from rich.text import Text
 
 from service.cli_view import metrics_table
 
-LATENCY_ROUNDS = 3
+#: Timed passes per network, alternating between the two.
+LATENCY_PASSES = 90
 
 
 @dataclass
@@ -35,14 +36,14 @@ class Comparison:
     threads: int
 
 
-def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = 30,
+def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = LATENCY_PASSES,
               threads: int | None = None) -> Comparison:
     """Load the pruned checkpoint, evaluate it on the test split, measure both networks.
 
     Args:
         checkpoint: the downloaded safetensors file.
         job: the succeeded job (its spec, baseline and best metrics).
-        latency_runs: timed passes per latency round.
+        latency_runs: timed passes of each network.
         threads: torch threads for the measurements (None: torch's default).
 
     Returns:
@@ -56,7 +57,7 @@ def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = 30,
     from models.architectures import build_model
     from models.datasets import load_dataset
     from models.export import load_pruned
-    from models.measure import measure, measure_latency
+    from models.measure import compare_latency, measure
     from models.train import evaluate
 
     if threads is not None:
@@ -69,15 +70,12 @@ def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = 30,
     splits = load_dataset(spec["dataset"]["name"], spec["dataset"].get("image_size"),
                           seed=spec.get("seed", 0))
     networks = {"before": unpruned, "after": pruned}
-    metrics = {name: measure(model, input_shape, "cpu", runs=latency_runs).to_dict()
+    metrics = {name: measure(model, input_shape, "cpu", warmup=0, runs=1).to_dict()
                for name, model in networks.items()}
-    rounds: dict[str, list[float]] = {name: [metrics[name]["latency_ms"]] for name in networks}
-    for _ in range(LATENCY_ROUNDS - 1):
-        for name, model in networks.items():
-            rounds[name].append(measure_latency(model, input_shape, "cpu",
-                                                runs=latency_runs).median_ms)
-    for name in networks:
-        metrics[name]["latency_ms"] = statistics.median(rounds[name])
+    latencies = compare_latency(unpruned, pruned, input_shape, "cpu", runs=latency_runs)
+    for name, latency in zip(networks, latencies, strict=True):
+        metrics[name]["latency_ms"] = latency.median_ms
+        metrics[name]["latency_p90_ms"] = latency.p90_ms
         metrics[name]["flops"] = metrics[name]["macs"]
     best = job.get("best") or {}
     metrics["before"]["accuracy"] = best.get("baseline_test_accuracy")
@@ -95,11 +93,13 @@ def before_after_table(comparison: Comparison) -> Group:
                           after_label="pruned")
     notes = [Text(f"accuracy: held-out test split; costs: measured here side by side on CPU, "
                   f"batch 1, {comparison.threads} thread(s), latency = median of "
-                  f"{LATENCY_ROUNDS} interleaved rounds", style="dim")]
+                  f"{LATENCY_PASSES} passes each, alternating between the two networks",
+                  style="dim")]
     worker, limit = comparison.worker_latency_ratio, comparison.max_latency_ratio
     if worker is not None and limit is not None:
         note = (f"the worker measured a latency ratio of {worker:.2f} after the final fine-tune "
-                f"(constraint {limit:g}, checked on each trial during the search)")
+                f"(constraint {limit:g}, checked on each trial during the search; every "
+                "ratio timed side by side with the unpruned network)")
         if worker > limit:
             note += ("; above the limit now: latency on a busy machine is noisy, rerun the "
                      "demo when the machine is idle")
