@@ -17,11 +17,12 @@ same trial budget and the same fine-tune per trial:
 Rows (a)-(d) are wired as a real job is (``workers/prepare.py`` and
 ``workers/context.py``): same spec, baseline metrics, space, objective and
 ``run_trials``, a temp-file SQLite Optuna storage per study; every search
-chooses the channels a group loses with the attention scores (what a job with
-``warm_start: [attention, pls]`` does), so rows (a)-(d) differ only in the
-sampler and the enqueued plans. Rows (e) and (f) get the same fine-tune as one
-trial. The uniform ratio of (e) and the pruning ratio of (f) are bisected to
-the largest that meets the target as measured (FLOPs, or CPU latency).
+chooses the channels a group loses by L1 magnitude (a job's default
+``search.channel_importance``; ``--channels scores``: by attention scores), so
+rows (a)-(d) differ only in the sampler and the enqueued plans. Rows (e) and
+(f) get the same fine-tune as one trial. The uniform ratio of (e) and the
+pruning ratio of (f) are bisected to the largest that meets the target as
+measured (FLOPs, or CPU latency, timed side by side with the baseline).
 
 Printed per target: validation accuracy of the best feasible plan (what the
 search maximises), test accuracy of that plan (re-pruned and re-fine-tuned with
@@ -91,7 +92,7 @@ class Setup:
     scores: dict[str, ImportanceScores]
     groups: list
     blocks: list
-    channels: str = "scores"  # which channels a group loses in rows (a)-(d): scores | l1
+    channels: str = "l1"  # which channels a group loses in rows (a)-(d): l1 | scores
 
 
 @dataclass
@@ -143,8 +144,9 @@ def prepare(spec: JobSpec, baseline_epochs: int, cache_dir: Path) -> Setup:
 
 
 def context_for(setup: Setup, spec: JobSpec) -> SearchContext:
-    """As ``workers/context.py``: the first warm-start scorer picks the channels
-    (``--channels l1``: L1 magnitude instead, as a job without warm start does)."""
+    """As ``workers/context.py``: L1 magnitude picks the channels, as a job's default
+    ``search.channel_importance`` does (``--channels scores``: the first warm-start
+    scorer's scores instead)."""
     scores = setup.scores[spec.search.warm_start[0]]
     factory = None if setup.channels == "l1" else (
         lambda copy_: ScoreImportance(copy_, scores))
@@ -368,9 +370,9 @@ def main() -> None:
     parser.add_argument("--targets", default=None,
                         help="comma-separated target indices (0: flops 50%%, 1: flops 25%%, "
                              "2: latency 50%%)")
-    parser.add_argument("--channels", choices=("scores", "l1"), default="scores",
-                        help="which channels a group loses in rows (a)-(d): the first "
-                             "warm-start scorer's (as workers/context.py) or L1 magnitude")
+    parser.add_argument("--channels", choices=("scores", "l1"), default="l1",
+                        help="which channels a group loses in rows (a)-(d): L1 magnitude "
+                             "(a job's default) or the first warm-start scorer's")
     parser.add_argument("--dump", default=None, help="write every trial of every search as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -2,14 +2,20 @@
 
 Under a hard limit, every plan is sized to the limit itself (a plan that
 leaves budget unused is a weaker plan), and the plans differ in SHAPE, so the
-search starts from several depth / width trade-offs instead of one:
+search starts from several depth / width trade-offs instead of one. In order:
 
+* ``uniform``: no block dropped, the same share of every group;
+* ``global/magnitude``: no block dropped, the widths Torch-Pruning's global L1
+  magnitude pruning leaves (weak layers lose more);
 * for each warm-start scorer, in the spec's order: ``method`` drops the least
   important blocks (by its scores; ``round(blocks * 0.5 * (1 - target))`` of
   them) and keeps the same share of every group;
-* ``uniform``: no block dropped, the same share of every group;
 * ``method/deep``: twice as many blocks dropped;
 * ``method/wide``: no block dropped, widths follow the scorer's group ranks.
+
+The first two lead because they were the strongest single plans on the search
+benchmark (``bench/search_quality.py``); a trial's position matters when the
+budget is small.
 
 Each plan's widths are bisected to the largest that meets every limit, checked
 as a trial checks it: FLOPs and parameters counted on the really pruned
@@ -50,6 +56,7 @@ from search.constraints import Limit, active_limits
 from search.spec import Constraints
 from search.warm_start import (
     FlopsCounter,
+    global_magnitude_plan,
     shaped_plan,
     uniform_plan_for_flops,
     warm_start_plans,
@@ -62,6 +69,8 @@ DEPTH_SHARE = 0.5
 DEEP_FACTOR = 2.0
 #: Width spread of ``/wide`` plans (see ``search.warm_start``).
 WIDE_SPREAD = 1.0
+#: Where the global-magnitude plan goes among the plans of ``_shapes`` (after uniform).
+GLOBAL_POSITION = 1
 #: Measured limits (latency, memory) are aimed at this fraction under the limit.
 MEASURED_MARGIN = 0.1
 #: Bisection steps on the width knob when every step is a timing.
@@ -194,9 +203,8 @@ def _shapes(scores: Mapping[str, ImportanceScores], blocks: int, target: float,
     """(label, scores, blocks dropped, spread) of every plan shape, best guesses first."""
     depth = round(blocks * DEPTH_SHARE * (1.0 - target)) if allow_block_removal else 0
     deep = min(blocks, round(depth * DEEP_FACTOR)) if allow_block_removal else 0
-    shapes: list[tuple[str, ImportanceScores | None, int, float]] = [
-        (method, method_scores, depth, 0.0) for method, method_scores in scores.items()]
-    shapes.append(("uniform", None, 0, 0.0))
+    shapes: list[tuple[str, ImportanceScores | None, int, float]] = [("uniform", None, 0, 0.0)]
+    shapes += [(method, method_scores, depth, 0.0) for method, method_scores in scores.items()]
     shapes += [(f"{method}/deep", method_scores, deep, 0.0)
                for method, method_scores in scores.items() if deep > depth]
     shapes += [(f"{method}/wide", method_scores, 0, WIDE_SPREAD)
@@ -241,6 +249,11 @@ def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
                            deepen=allow_block_removal)
         if plan is not None:
             plans.append((f"{label}@{target:.2f}", plan))
+    steps = {"steps": MEASURED_STEPS} if fits.measured else {}
+    widest = global_magnitude_plan(fits.model, fits.example_input, groups, fits, round_to,
+                                   **steps)
+    if widest is not None:
+        plans.insert(GLOBAL_POSITION, (f"global/magnitude@{target:.2f}", widest))
     return plans
 
 

@@ -155,6 +155,9 @@ class SearchSpec(_Strict):
                                   description="no group keeps fewer channels than this share")
     round_to: int = Field(default=4, ge=1, le=256)
     warm_start: list[WarmStartMethod] = Field(default_factory=_default_warm_start)
+    channel_importance: WarmStartMethod = Field(
+        default="magnitude",
+        description="which channels a pruned layer loses: L1 magnitude, or one of the scorers")
     trial_pruner: Literal["none", "median", "hyperband"] = "none"
 
 

@@ -33,19 +33,24 @@ import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
+import torch_pruning as tp
 from torch import Tensor, nn
 
+from models.groups import final_classifier
 from models.importance import ImportanceScores
 from models.measure import count_flops_params
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
 
-__all__ = ["FlopsCounter", "PlanCheck", "largest_fitting", "shaped_plan",
+__all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "largest_fitting",
+           "shaped_plan",
            "uniform_plan_for_flops", "warm_start_plans"]
 
 logger = logging.getLogger(__name__)
 
 #: Bisection steps on the global knob; channel counts are integers, so this is plenty.
 BISECTION_STEPS = 14
+#: The smallest share of all channels a global-magnitude plan keeps.
+GLOBAL_LOWEST_SHARE = 0.2
 
 
 class FlopsCounter:
@@ -213,6 +218,50 @@ def shaped_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: 
         dropped = [block.name for block in order[:max(0, drops)]]
     return largest_fitting(
         lambda knob: _ranked_plan(groups, ranks, knob, dropped, spread, round_to), fits, steps)
+
+
+def global_magnitude_widths(model: nn.Module, example_input: Tensor,
+                            groups: Sequence[GroupInfo], keep_share: float,
+                            round_to: int = 1) -> dict[str, int]:
+    """The widths Torch-Pruning's global magnitude pruning leaves at one pruning ratio.
+
+    ``BasePruner(global_pruning=True)`` with ``GroupMagnitudeImportance`` ranks the
+    channels of all groups together, so layers with weak filters lose more (the
+    classic global L1 baseline). The model is not modified (a copy is pruned).
+
+    Args:
+        keep_share: ``1 - pruning_ratio``, in (0, 1].
+    """
+    pruned = copy.deepcopy(model).eval()
+    classifier = final_classifier(pruned)
+    floor = min((group.min_keep / group.channels for group in groups), default=0.0)
+    pruner = tp.pruner.BasePruner(
+        pruned, example_input, importance=tp.importance.GroupMagnitudeImportance(),
+        global_pruning=True, pruning_ratio=min(1.0, max(0.0, 1.0 - keep_share)),
+        max_pruning_ratio=max(0.0, 1.0 - floor),
+        ignored_layers=[classifier] if classifier is not None else [], round_to=round_to)
+    pruner.step()
+    modules = dict(pruned.named_modules())
+    return {group.name: int(modules[group.name].out_channels) for group in groups}
+
+
+def global_magnitude_plan(model: nn.Module, example_input: Tensor,
+                          groups: Sequence[GroupInfo], fits: PlanCheck, round_to: int = 1,
+                          steps: int = BISECTION_STEPS) -> PrunePlan | None:
+    """The widest global-magnitude plan (see ``global_magnitude_widths``) that ``fits``.
+
+    Keep counts are clamped to each group's floor, so the plan stays in the search space.
+    The knob keeps ``GLOBAL_LOWEST_SHARE`` to all of the channels: Torch-Pruning's global
+    ratio stops being monotone near 1 (at ratio 0.95 it prunes nothing on a ResNet-20).
+    """
+    def make_plan(knob: float) -> PrunePlan:
+        share = GLOBAL_LOWEST_SHARE + (1.0 - GLOBAL_LOWEST_SHARE) * knob
+        widths = global_magnitude_widths(model, example_input, groups, share, round_to)
+        keep = {group.name: max(_floor(group, round_to), widths[group.name]) for group in groups
+                if widths[group.name] < group.channels}
+        return PrunePlan(keep=keep, round_to=round_to)
+
+    return largest_fitting(make_plan, fits, steps)
 
 
 def _blocks_to_drop(blocks: Sequence[BlockInfo], scores: ImportanceScores, target: float,

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from models.importance import ScoreCache, ScoreImportance, cached_score, dataset_identity
+from models.importance import (
+    ImportanceScores,
+    ScoreCache,
+    ScoreImportance,
+    cached_score,
+    dataset_identity,
+)
 from models.plan import prunable_groups, removable_blocks
 from search.objective import SearchContext
 from search.space import SearchSpace
@@ -15,10 +22,22 @@ from workers.baseline import baseline_model
 from workers.runtime import JobRun, WorkerRuntime
 
 
+def channel_chooser(method: str, load_scores: Callable[[str], ImportanceScores]
+                    ) -> Callable[[nn.Module], Any] | None:
+    """What ranks the channels of a group for ``apply_plan``: None (Torch-Pruning's L1
+    magnitude) for ``magnitude``, else the named scorer's filter scores (each copy of
+    the network needs its own ``ScoreImportance``: scores are looked up by module)."""
+    if method == "magnitude":
+        return None
+    scores = load_scores(method)
+    return lambda copy: ScoreImportance(copy, scores)
+
+
 def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
     """The baseline from the job's file, the baseline metrics from the job row, and
-    the first warm-start scorer's scores (from the cache) to choose which channels
-    each group loses; L1 magnitude when the spec names no scorer."""
+    what chooses the channels each group loses: L1 magnitude (Torch-Pruning's
+    default) or, with ``search.channel_importance`` naming a scorer, its scores
+    (from the cache; computed here if the warm start did not use that scorer)."""
     spec = run.spec
     splits = runtime.load_data(spec)
     model = baseline_model(runtime, run, splits)
@@ -26,16 +45,9 @@ def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
     groups = prunable_groups(model, example, round_to=spec.search.round_to,
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
-    factory = None
-    if spec.search.warm_start:
-        method = spec.search.warm_start[0]
-        scores = cached_score(ScoreCache(run.files.scores), model, splits, method,
-                              dataset_identity(spec.dataset.name, spec.image_size(), spec.seed),
-                              groups, blocks)
-
-        def factory(copy: nn.Module) -> Any:
-            return ScoreImportance(copy, scores)
-
+    factory = channel_chooser(spec.search.channel_importance, lambda method: cached_score(
+        ScoreCache(run.files.scores), model, splits, method,
+        dataset_identity(spec.dataset.name, spec.image_size(), spec.seed), groups, blocks))
     baseline = dict(get_job(runtime.engine, run.job.id).baseline or {})
     return SearchContext(spec=spec, model=model, splits=splits,
                          space=SearchSpace.from_spec(groups, blocks, spec.search),

@@ -75,8 +75,9 @@ def test_plans_under_a_flops_limit_use_the_budget_in_several_shapes(network) -> 
 
     plans = dict(seed_plans(model, x, groups, blocks, scores, target, round_to=4))
 
-    assert list(plans) == ["attention@0.40", "pls@0.40", "uniform@0.40", "attention/deep@0.40",
-                           "pls/deep@0.40", "attention/wide@0.40", "pls/wide@0.40"]
+    assert list(plans) == ["uniform@0.40", "global/magnitude@0.40", "attention@0.40",
+                           "pls@0.40", "attention/deep@0.40", "pls/deep@0.40",
+                           "attention/wide@0.40", "pls/wide@0.40"]
     assert not any(plan.is_unpruned() for plan in plans.values())  # it would break the limit
     for plan in plans.values():
         assert 0.85 * 0.4 * baseline_flops < _counts(model, plan, x)[0] <= 0.4 * baseline_flops
@@ -84,6 +85,10 @@ def test_plans_under_a_flops_limit_use_the_budget_in_several_shapes(network) -> 
     assert plans["pls@0.40"].drop_blocks == list(reversed(ORDER))[:2]
     assert plans["attention/deep@0.40"].drop_blocks == ORDER[:4]
     assert plans["uniform@0.40"].drop_blocks == plans["pls/wide@0.40"].drop_blocks == []
+    assert plans["global/magnitude@0.40"].drop_blocks == []
+    shares = {plans["global/magnitude@0.40"].keep.get(g.name, g.channels) / g.channels
+              for g in groups}
+    assert len(shares) > 1  # global ranking: layers keep different shares
     by_width: dict[int, set[int]] = {}
     for group in groups:  # the main shapes keep one share of every group
         if group.block not in plans["attention@0.40"].drop_blocks:
@@ -111,7 +116,7 @@ def test_a_plain_float_target_is_a_flops_budget(network) -> None:  # type: ignor
 
     plans = seed_plans(model, x, groups, blocks, {}, 0.5, round_to=4)
 
-    assert [label for label, _ in plans] == ["uniform@0.50"]
+    assert [label for label, _ in plans] == ["uniform@0.50", "global/magnitude@0.50"]
     assert _counts(model, plans[0][1], x)[0] <= 0.5 * baseline_flops
 
 
@@ -126,7 +131,7 @@ def test_latency_limits_are_timed_on_the_pruned_network(network) -> None:  # typ
     assert fit.metrics(PrunePlan.unpruned())["latency_ms"] > 0
     loose = seed_plans(model, x, groups, blocks, scores, SeedTarget(0.5, (generous,)),
                        round_to=4, allow_block_removal=False)
-    assert [plan.is_unpruned() for _, plan in loose] == [True, True, True]  # widest fits
+    assert [plan.is_unpruned() for _, plan in loose] == [True] * 4  # widest fits
     assert seed_plans(model, x, groups, blocks, scores, SeedTarget(0.5, (impossible,)),
                       round_to=4, allow_block_removal=False) == []
 
