@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
@@ -29,14 +28,18 @@ from models.datasets import load_dataset  # noqa: E402
 from models.export import export_onnx, export_torchscript, save_pruned  # noqa: E402
 from models.importance import (  # noqa: E402
     ScoreCache,
-    ScoreImportance,
     cached_score,
     dataset_identity,
 )
 from models.measure import measure  # noqa: E402
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks  # noqa: E402
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline  # noqa: E402
-from search.objective import Objective, SearchContext, measure_baseline  # noqa: E402
+from search.objective import (  # noqa: E402
+    Objective,
+    SearchContext,
+    channel_chooser,
+    measure_baseline,
+)
 from search.result import search_result  # noqa: E402
 from search.seeding import seed_plans, target_ratio  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
@@ -86,11 +89,11 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     enqueue_plans(study, space, plans)
     prepared = time.perf_counter()
 
-    def factory(network: torch.nn.Module) -> Any:
-        return ScoreImportance(network, scores[spec.search.warm_start[0]])
-
+    factory = channel_chooser(spec.search.channel_importance, lambda method: scores.get(
+        method) or cached_score(ScoreCache(home / "scores"), model, splits, method, identity,
+                                groups, blocks))
     context = SearchContext(spec=spec, model=model, splits=splits, space=space, baseline=baseline,
-                            device="cpu", importance_factory=factory if scores else None)
+                            device="cpu", importance_factory=factory)
     run_trials(study, Objective(context), spec)
     searched = time.perf_counter()
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from models.datasets import DataSplits
+from models.importance import ImportanceScores, ScoreImportance
 from models.measure import compare_latency, measure
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
@@ -80,6 +81,17 @@ class SearchContext:
 
     def example_input(self) -> torch.Tensor:
         return self.splits.example_input()
+
+
+def channel_chooser(method: str, load_scores: Callable[[str], ImportanceScores]
+                    ) -> Callable[[nn.Module], Any] | None:
+    """What ranks the channels of a group for ``apply_plan``: None (Torch-Pruning's L1
+    magnitude) for ``magnitude``, else the named scorer's filter scores (each copy of
+    the network needs its own ``ScoreImportance``: scores are looked up by module)."""
+    if method == "magnitude":
+        return None
+    scores = load_scores(method)
+    return lambda copy: ScoreImportance(copy, scores)
 
 
 def measure_baseline(model: nn.Module, splits: DataSplits, spec: JobSpec,

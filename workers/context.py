@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from torch import nn
-
-from models.importance import (
-    ImportanceScores,
-    ScoreCache,
-    ScoreImportance,
-    cached_score,
-    dataset_identity,
-)
+from models.importance import ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
-from search.objective import SearchContext
+from search.objective import SearchContext, channel_chooser
 from search.space import SearchSpace
 from service.jobs import get_job
 from workers.baseline import baseline_model
 from workers.runtime import JobRun, WorkerRuntime
-
-
-def channel_chooser(method: str, load_scores: Callable[[str], ImportanceScores]
-                    ) -> Callable[[nn.Module], Any] | None:
-    """What ranks the channels of a group for ``apply_plan``: None (Torch-Pruning's L1
-    magnitude) for ``magnitude``, else the named scorer's filter scores (each copy of
-    the network needs its own ``ScoreImportance``: scores are looked up by module)."""
-    if method == "magnitude":
-        return None
-    scores = load_scores(method)
-    return lambda copy: ScoreImportance(copy, scores)
 
 
 def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:

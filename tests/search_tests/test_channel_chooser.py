@@ -9,7 +9,7 @@ import torch
 from models.architectures import build_model
 from models.importance import ImportanceScores
 from models.plan import PrunePlan, apply_plan, prunable_groups
-from workers.context import channel_chooser
+from search.objective import channel_chooser
 
 GROUP = "layer3.0.conv1"  # a conv inside a block: its output channels are its own group
 KEEP = 16
