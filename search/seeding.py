@@ -13,8 +13,12 @@ search starts from several depth / width trade-offs instead of one. In order:
 * ``method/deep``: twice as many blocks dropped;
 * ``method/wide``: no block dropped, widths follow the scorer's group ranks.
 
-The first two lead because they were the strongest single plans on the search
-benchmark (``bench/search_quality.py``); a trial's position matters when the
+The first two lead under counted limits (FLOPs, parameters), where they were
+the strongest single plans on the search benchmark (``bench/search_quality.py``).
+Under a measured limit (latency, memory) the plans are ordered by the FLOPs they
+keep, most first: they all meet the limit, and on small inputs latency is mostly
+per-layer overhead, so the shapes that drop blocks keep far more computation (and
+accuracy) than uniform or global widths. A trial's position matters when the
 budget is small.
 
 Each plan's widths are bisected to the largest that meets every limit, checked
@@ -253,7 +257,10 @@ def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
     widest = global_magnitude_plan(fits.model, fits.example_input, groups, fits, round_to,
                                    **steps)
     if widest is not None:
-        plans.insert(GLOBAL_POSITION, (f"global/magnitude@{target:.2f}", widest))
+        plans.insert(min(GLOBAL_POSITION, len(plans)), (f"global/magnitude@{target:.2f}", widest))
+    if fits.measured:
+        # Every plan meets the limit; the one keeping the most computation is the best guess.
+        plans.sort(key=lambda labelled: -fits.flops(labelled[1]))
     return plans
 
 

@@ -163,3 +163,20 @@ def test_under_a_measured_limit_a_deeper_plan_may_keep_more(network) -> None:  #
     assert chosen.drop_blocks == ORDER[:1]  # dropping it frees room for wider layers
     assert fit.flops(chosen) > fit.flops(shallow)
     assert fit.metrics(chosen)["memory_mb"] <= 0.9 * 0.5 * baseline_mb  # the margin
+
+
+def test_under_a_measured_limit_plans_come_most_flops_first(network) -> None:  # type: ignore[no-untyped-def]
+    model, x, groups, blocks = network
+    flops = count_flops_params(model, INPUT)[0]
+    memory = (model_bytes(model) + peak_activation_bytes(model, INPUT, 1, x.device)) / MIB
+    scores = {"attention": _scores("attention", groups, blocks, ORDER),
+              "pls": _scores("pls", groups, blocks, list(reversed(ORDER)))}
+    # Memory is measured (not counted) but exact, so the order is reproducible.
+    target = target_ratio(Constraints(max_memory_ratio=0.6), {"flops": flops,
+                                                              "memory_mb": memory})
+
+    plans = seed_plans(model, x, groups, blocks, scores, target, round_to=4)
+
+    kept = [_counts(model, plan, x)[0] for _, plan in plans]
+    assert len(plans) >= 4 and kept == sorted(kept, reverse=True)
+    assert {label.split("@")[0] for label, _ in plans} >= {"uniform", "global/magnitude"}
