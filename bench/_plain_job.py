@@ -101,7 +101,7 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     assert best is not None, "no feasible plan; loosen the benchmark's constraint"
     plan = PrunePlan.from_dict(best.plan)
     pruned = copy.deepcopy(model)
-    apply_plan(pruned, plan, example, importance=factory(pruned) if scores else None)
+    apply_plan(pruned, plan, example, importance=factory(pruned) if factory else None)
     fine_tune(pruned, splits, tuning.final_epochs, teacher=model if tuning.distill else None,
               learning_rate=tuning.learning_rate, batch_size=tuning.batch_size,
               label_smoothing=tuning.label_smoothing, seed=spec.seed, device="cpu")
