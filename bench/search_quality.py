@@ -61,7 +61,7 @@ from models.importance import (
     cached_score,
     dataset_identity,
 )
-from models.measure import compare_latency, measure
+from models.measure import latency_against, measure
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
 from search.constraints import active_limits, is_feasible, violations
@@ -169,10 +169,9 @@ def _ratios(model: nn.Module, setup: Setup, spec: JobSpec) -> dict[str, float]:
     """FLOPs and latency ratios, latency timed side by side with the baseline as trials do."""
     cost = measure(model, setup.splits.input_shape, "cpu", spec.latency.batch_size, 0,
                    3).to_dict()
-    reference, timed = compare_latency(setup.model, model, setup.splits.input_shape, "cpu",
-                                       spec.latency.batch_size, spec.latency.warmup,
-                                       spec.latency.runs)
-    cost["latency_ms"] = timed.median_ms / reference.median_ms * setup.baseline["latency_ms"]
+    cost.update(latency_against(setup.model, model, setup.splits.input_shape, "cpu",
+                                setup.baseline["latency_ms"], spec.latency.batch_size,
+                                spec.latency.warmup, spec.latency.runs))
     cost["flops"] = cost["macs"]
     limits = active_limits(spec.objective.constraints, setup.baseline)
     return {"flops": cost["flops"] / setup.baseline["flops"],

@@ -44,6 +44,7 @@ __all__ = [
     "measure",
     "measure_latency",
     "compare_latency",
+    "latency_against",
     "model_bytes",
     "peak_activation_bytes",
     "resolve_device",
@@ -331,9 +332,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device: str 
         InvalidSpecError: runs, batch_size or threads below 1, warmup below 0.
         DeviceUnavailableError: the device does not exist here.
     """
-    if runs < 1 or batch_size < 1 or warmup < 0:
-        raise InvalidSpecError(f"need runs >= 1, batch_size >= 1, warmup >= 0; got runs={runs}, "
-                               f"batch_size={batch_size}, warmup={warmup}")
+    _check_timing(runs, batch_size, warmup)
     target = resolve_device(device)
     with _torch_threads(threads) as used_threads, _on_device(model, target):
         batch = _sample_batch(input_shape, batch_size, target)
@@ -354,9 +353,7 @@ def compare_latency(reference: nn.Module, candidate: nn.Module, input_shape: tup
     Returns:
         ``(reference's latency, candidate's latency)``.
     """
-    if runs < 1 or batch_size < 1 or warmup < 0:
-        raise InvalidSpecError(f"need runs >= 1, batch_size >= 1, warmup >= 0; got runs={runs}, "
-                               f"batch_size={batch_size}, warmup={warmup}")
+    _check_timing(runs, batch_size, warmup)
     target = resolve_device(device)
     with (_torch_threads(threads) as used_threads, _on_device(reference, target),
           _on_device(candidate, target)):
@@ -369,6 +366,32 @@ def compare_latency(reference: nn.Module, candidate: nn.Module, input_shape: tup
             times[1].extend(_time_passes(candidate, batch, target, 0, 1))
     return (_latency_result(times[0], batch_size, target, used_threads),
             _latency_result(times[1], batch_size, target, used_threads))
+
+
+def latency_against(reference: nn.Module, candidate: nn.Module,
+                    input_shape: tuple[int, ...], device: str | torch.device,
+                    reference_ms: float, batch_size: int = 1, warmup: int = 5,
+                    runs: int = 30) -> dict[str, float]:
+    """``candidate``'s latency where ``reference`` took ``reference_ms``, from a
+    side-by-side timing (``compare_latency``): the measured ratio scales the
+    recorded reference, so load on the machine now does not shift it.
+
+    Returns:
+        ``latency_ms`` and ``latency_p90_ms`` (scaled), ``latency_ratio`` and
+        ``latency_raw_ms`` (the candidate's plain median now).
+    """
+    reference_now, timed = compare_latency(reference, candidate, input_shape, device,
+                                           batch_size=batch_size, warmup=warmup, runs=runs)
+    scale = reference_ms / reference_now.median_ms
+    return {"latency_ms": timed.median_ms * scale, "latency_p90_ms": timed.p90_ms * scale,
+            "latency_ratio": timed.median_ms / reference_now.median_ms,
+            "latency_raw_ms": timed.median_ms}
+
+
+def _check_timing(runs: int, batch_size: int, warmup: int) -> None:
+    if runs < 1 or batch_size < 1 or warmup < 0:
+        raise InvalidSpecError(f"need runs >= 1, batch_size >= 1, warmup >= 0; got runs={runs}, "
+                               f"batch_size={batch_size}, warmup={warmup}")
 
 
 def _latency_result(times: list[float], batch_size: int, target: torch.device,

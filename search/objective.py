@@ -35,7 +35,7 @@ from torch import nn
 
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
-from models.measure import compare_latency, measure
+from models.measure import latency_against, measure
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
 from search.budget import claim_trial_slot
@@ -132,14 +132,10 @@ def latency_counts(spec: JobSpec) -> bool:
 def _latency(context: SearchContext, model: nn.Module) -> dict[str, float]:
     """The network's latency, timed side by side with the unpruned network and expressed
     in the baseline's timing conditions (see the module docstring)."""
-    spec = context.spec
-    reference, timed = compare_latency(
-        context.model, model, context.splits.input_shape, context.device,
-        batch_size=spec.latency.batch_size, warmup=spec.latency.warmup, runs=spec.latency.runs)
-    scale = float(context.baseline["latency_ms"]) / reference.median_ms
-    return {"latency_ms": timed.median_ms * scale, "latency_p90_ms": timed.p90_ms * scale,
-            "latency_ratio": timed.median_ms / reference.median_ms,
-            "latency_raw_ms": timed.median_ms}
+    timing = context.spec.latency
+    return latency_against(context.model, model, context.splits.input_shape, context.device,
+                           float(context.baseline["latency_ms"]), batch_size=timing.batch_size,
+                           warmup=timing.warmup, runs=timing.runs)
 
 
 def _cost(context: SearchContext, study: optuna.Study, model: nn.Module) -> dict[str, Any]:

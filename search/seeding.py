@@ -49,8 +49,8 @@ from torch import Tensor, nn
 from models.importance import ImportanceScores
 from models.measure import (
     MIB,
-    compare_latency,
     count_flops_params,
+    latency_against,
     measure_latency,
     model_bytes,
     peak_activation_bytes,
@@ -182,9 +182,8 @@ class PlanFit:
     def _latency_ms(self, pruned: nn.Module, shape: tuple[int, ...], device: Any) -> float:
         if self.baseline_latency_ms is None:
             return measure_latency(pruned, shape, device, batch_size=self.batch_size).median_ms
-        reference, timed = compare_latency(self.model, pruned, shape, device,
-                                           batch_size=self.batch_size)
-        return timed.median_ms / reference.median_ms * self.baseline_latency_ms
+        return latency_against(self.model, pruned, shape, device, self.baseline_latency_ms,
+                               batch_size=self.batch_size)["latency_ms"]
 
     def __call__(self, plan: PrunePlan) -> bool:
         key = plan.fingerprint()
@@ -257,7 +256,7 @@ def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
     widest = global_magnitude_plan(fits.model, fits.example_input, groups, fits, round_to,
                                    **steps)
     if widest is not None:
-        plans.insert(min(GLOBAL_POSITION, len(plans)), (f"global/magnitude@{target:.2f}", widest))
+        plans.insert(GLOBAL_POSITION, (f"global/magnitude@{target:.2f}", widest))
     if fits.measured:
         # Every plan meets the limit; the one keeping the most computation is the best guess.
         plans.sort(key=lambda labelled: -fits.flops(labelled[1]))

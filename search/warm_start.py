@@ -120,11 +120,6 @@ def largest_fitting(make_plan: Callable[[float], PrunePlan], fits: PlanCheck,
     return best
 
 
-def _with_drops(plan_for: Callable[[float, list[str]], PrunePlan], dropped: list[str],
-                knob: float) -> PrunePlan:
-    return plan_for(knob, dropped)
-
-
 def _bisect(make_plan: Callable[[float], PrunePlan], flops: Callable[[PrunePlan], int],
             budget: float) -> PrunePlan | None:
     """The plan of the largest knob in (0, 1] that fits ``budget`` MACs, or None."""
@@ -319,7 +314,7 @@ def warm_start_plans(model: nn.Module, example_input: Tensor, groups: Sequence[G
         if allow_block_removal and blocks:
             dropped = _blocks_to_drop(blocks, scores, target, block_share,
                                       lambda names: plan_for(1.0, names), counter, budget)
-        plan = _bisect(partial(_with_drops, plan_for, dropped), counter, budget)
+        plan = _bisect(partial(plan_for, dropped=dropped), counter, budget)
         if plan is None:
             logger.warning("no %s warm-start plan reaches %.0f%% of the baseline MACs; skipped",
                            scores.method, 100 * target)

@@ -85,15 +85,16 @@ def _progress(runtime: WorkerRuntime, run: JobRun) -> dict[str, Any]:
 
 def _final_metrics(runtime: WorkerRuntime, run: JobRun, context: Any, model: Any) -> dict:
     spec, device = run.spec, runtime.device.name
+    # Latency is timed once, side by side with the unpruned network (passes alternate):
+    # the baseline's own latency was timed while preparing, under whatever load was then.
+    # measure() contributes everything else, so it times a single pass.
     cost = measure(model, context.splits.input_shape, device=device,
-                   batch_size=spec.latency.batch_size, warmup=spec.latency.warmup,
-                   runs=spec.latency.runs).to_dict()
-    baseline = context.baseline
-    # The ratio is timed side by side with the unpruned network (passes alternate): the
-    # baseline's own latency was timed while preparing, under whatever load was then.
+                   batch_size=spec.latency.batch_size, warmup=0, runs=1).to_dict()
     reference, timed = compare_latency(context.model, model, context.splits.input_shape, device,
                                        batch_size=spec.latency.batch_size,
                                        warmup=spec.latency.warmup, runs=spec.latency.runs)
+    cost.update(latency_ms=timed.median_ms, latency_p90_ms=timed.p90_ms)
+    baseline = context.baseline
     return {
         **cost, "flops": cost["macs"],
         "accuracy": evaluate(model, context.splits, split="val", device=device),

@@ -123,14 +123,11 @@ def _submit(session: Session, tenant_id: int, spec: JobSpec, data_root: Path,
         raise SpecValidationError(errors)
     now = utcnow()
     # Core INSERTs: the ORM's unit of work costs more than the statement itself here.
-    job = Job(id=new_id(), tenant_id=tenant_id, name=spec.name, spec=dumped,
-              status=JobStatus.QUEUED.value, device_request=requested_device_type(spec),
-              attempts=0, cancel_requested=False, created_at=now, updated_at=now,
-              artifacts=[])
-    session.execute(_INSERT_JOB, [{
-        "id": job.id, "tenant_id": tenant_id, "name": job.name, "spec": dumped,
-        "status": job.status, "device_request": job.device_request, "attempts": 0,
-        "cancel_requested": False, "created_at": now, "updated_at": now}])
+    values = {"id": new_id(), "tenant_id": tenant_id, "name": spec.name, "spec": dumped,
+              "status": JobStatus.QUEUED.value, "device_request": requested_device_type(spec),
+              "attempts": 0, "cancel_requested": False, "created_at": now, "updated_at": now}
+    session.execute(_INSERT_JOB, [values])
+    job = Job(**values, artifacts=[])  # what was inserted, for the caller
     session.execute(_INSERT_EVENT, [{
         "job_id": job.id, "kind": "status", "created_at": now,
         "message": "status: queued (submitted)", "data": {"status": JobStatus.QUEUED.value}}])
