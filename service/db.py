@@ -16,7 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, DateTime, Engine, MetaData, Result, create_engine, event, text
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    DateTime,
+    Engine,
+    MetaData,
+    Result,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
@@ -179,6 +189,16 @@ def _before_flush(session: Session, _context: Any, _instances: Any) -> None:
 @event.listens_for(Session, "after_rollback")
 def _after_transaction(session: Session) -> None:
     _WriterQueue.leave(session)
+
+
+def write_connection(session: Session) -> Connection:
+    """The session's connection for Core writes, after taking this process's SQLite writer turn.
+
+    Core statements on the connection skip the ORM (and its per-statement cost)
+    but also its events, which is where the turn is otherwise taken.
+    """
+    _WriterQueue.enter(session)
+    return session.connection()
 
 
 @contextmanager

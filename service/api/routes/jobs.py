@@ -25,6 +25,7 @@ def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
     assert settings.data_root is not None
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
                           max_active_jobs=settings.max_concurrent_jobs_per_tenant)
+    session.commit()  # releases the tenant row lock now (see deps.authenticated_session)
     return JobPublic.from_row(job)
 
 
@@ -49,4 +50,6 @@ def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPubl
     **NOT_FOUND, 409: {"model": ErrorPublic, "description": "the job already ended"}})
 def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPublic:
     """Cancel now if no worker holds the job, else ask its workers to stop."""
-    return JobPublic.from_row(jobs.request_cancel(session, tenant.id, job_id))
+    job = jobs.request_cancel(session, tenant.id, job_id)
+    session.commit()
+    return JobPublic.from_row(job)

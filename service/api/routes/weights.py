@@ -21,8 +21,9 @@ def upload_weights(file: UploadFile, tenant: CurrentTenant, session: SessionDep,
     Use the id as ``model.weights`` in a job spec. Pickles that could run code are
     refused without being loaded.
     """
-    return WeightsPublic.from_row(store_upload(session, settings, tenant.id, file.filename,
-                                               file.file))
+    upload = store_upload(session, settings, tenant.id, file.filename, file.file)
+    session.commit()
+    return WeightsPublic.from_row(upload)
 
 
 @router.get("/{upload_id}", responses={404: {"model": ErrorPublic}})
