@@ -1,16 +1,18 @@
 """Load test of the REST API: p50 / p99 latency and throughput on SQLite and PostgreSQL.
 
 Starts the real server (``python -m service.cli serve``, uvicorn on loopback) in a
-subprocess for each backend, seeds a few hundred jobs, then measures
+subprocess for each backend (on PostgreSQL once per ``--processes`` count), seeds a
+few hundred jobs of 100 tenants (submissions rotate over their keys: the tenant row
+lock and the active-job count are per tenant, as with many users), then measures
 ``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` twice: closed loop (N clients sending
-back to back: the throughput ceiling) and paced (a fixed request rate: latency
-at that load, measured from each request's scheduled time so a stall counts).
+back to back: the throughput ceiling) and paced (a fixed request rate: latency at
+that load, measured from each request's scheduled time so a stall counts).
 The load generator runs on the same machine and competes for its cores, so
 every row also shows the CPU milliseconds one request cost the server process,
 PostgreSQL's processes and the load generator (from ``/proc``): on a small
 machine their sum over the cores bounds the throughput, whatever the code waits on.
 
-    .venv/bin/python bench/api_load.py [--duration 5] [--rate 200] [--jobs 300]
+    .venv/bin/python bench/api_load.py [--duration 5] [--rate 200] [--jobs 300] [--processes 1,2]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SPEC = {"name": "bench", "model": {"arch": "cifar_resnet20", "num_classes": 10},
 @dataclass
 class Result:
     backend: str
+    processes: int
     endpoint: str
     mode: str
     latencies: list[float]
@@ -67,7 +70,8 @@ class Result:
         p50 = statistics.median(ordered) * 1000
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
         rate = len(ordered) / self.seconds
-        return (f"| {self.backend:<10} | {self.endpoint:<17} | {self.mode:<14} | "
+        return (f"| {self.backend:<10} | {self.processes:>5} | {self.endpoint:<17} | "
+                f"{self.mode:<14} | "
                 f"{len(ordered):>6} | {rate:>7.0f} | {p50:>6.1f} | {p99:>6.1f} | "
                 f"{self.errors:>4} | {self.cpu_ms['server']:>6.2f} | "
                 f"{self.cpu_ms['postgres']:>8.2f} | {self.cpu_ms['generator']:>9.2f} | "
@@ -102,19 +106,21 @@ def _database(backend: str, home: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def _seed(url: str, count: int) -> tuple[str, list[str]]:
+def _seed(url: str, count: int, tenants: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Keys of ``tenants`` tenants and ``count`` (key, job id) pairs spread over them."""
     migrate(url)
     engine = create_engine_for(url)
-    key = create_api_key(engine, "bench")
+    keys = [create_api_key(engine, f"bench-{index}") for index in range(tenants)]
     spec = JobSpec.model_validate(SPEC)
-    ids = []
+    jobs = []
     with session_scope(engine) as session:
-        for _ in range(count):
+        for index in range(count):
+            key = keys[index % tenants]
             job = submit_job(session, key.tenant.id, spec, data_root=Path("/nonexistent"),
                              max_active_jobs=10**9)
-            ids.append(job.id)
+            jobs.append((key.key, job.id))
     engine.dispose()
-    return key.key, ids
+    return [key.key for key in keys], jobs
 
 
 def _postgres_cpu_seconds() -> float:
@@ -127,20 +133,28 @@ def _postgres_cpu_seconds() -> float:
     return sum(process_cpu_seconds(int(pid)) or 0.0 for pid in pids)
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn's supervisor and its worker processes)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                              check=False).stdout.split()
+    return [pid, *(descendant for child in children for descendant in _process_tree(int(child)))]
+
+
 def _cpu_now(server_pid: int) -> dict[str, float]:
     times = os.times()
-    return {"server": process_cpu_seconds(server_pid) or 0.0,
+    return {"server": sum(process_cpu_seconds(pid) or 0.0 for pid in _process_tree(server_pid)),
             "postgres": _postgres_cpu_seconds(), "generator": times.user + times.system}
 
 
 @contextmanager
-def _server(url: str, home: Path) -> Iterator[tuple[int, int]]:
+def _server(url: str, home: Path, processes: int = 1) -> Iterator[tuple[int, int]]:
     port = _free_port()
     environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_DATABASE_URL": url,
                    "TOPIARY_MAX_CONCURRENT_JOBS_PER_TENANT": str(10**9)}
     log = (home / "server.log").open("w")
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port",
-                               str(port)], cwd=REPOSITORY, env=environment,
+                               str(port), "--processes", str(processes)],
+                              cwd=REPOSITORY, env=environment,
                               stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 60
@@ -165,16 +179,19 @@ def _server(url: str, home: Path) -> Iterator[tuple[int, int]]:
 Request = Callable[[http.client.HTTPConnection, int], int]
 
 
-def _requester(endpoint: str, key: str, job_ids: list[str]) -> Request:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+def _requester(endpoint: str, keys: list[str], jobs: list[tuple[str, str]]) -> Request:
     body = json.dumps(SPEC)
+
+    def headers(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
     def send(connection: http.client.HTTPConnection, index: int) -> int:
         if endpoint == "GET":
-            connection.request("GET", f"/v1/jobs/{job_ids[index % len(job_ids)]}",
-                               headers=headers)
+            key, job_id = jobs[index % len(jobs)]
+            connection.request("GET", f"/v1/jobs/{job_id}", headers=headers(key))
         else:
-            connection.request("POST", "/v1/jobs", body=body, headers=headers)
+            connection.request("POST", "/v1/jobs", body=body,
+                               headers=headers(keys[index % len(keys)]))
         response = connection.getresponse()
         response.read()
         return response.status
@@ -237,22 +254,29 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="paced requests per second")
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients")
     parser.add_argument("--jobs", type=int, default=300, help="jobs seeded before measuring")
+    parser.add_argument("--tenants", type=int, default=100,
+                        help="tenants (API keys) the jobs and submissions are spread over")
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--processes", default="1,2",
+                        help="API processes to measure on PostgreSQL (SQLite serves one)")
     options = parser.parse_args()
 
     results: list[Result] = []
-    for backend in options.backends.split(","):
+    runs = [(backend, processes) for backend in options.backends.split(",")
+            for processes in ([1] if backend == "sqlite" else
+                              [int(count) for count in options.processes.split(",")])]
+    for backend, processes in runs:
         if backend == "postgresql" and not _postgres_answers():
             print(f"skipping postgresql: no server at {POSTGRES_ADMIN_URL}", file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory() as folder:
             home = Path(folder)
             with _database(backend, home) as url:
-                key, job_ids = _seed(url, options.jobs)
-                with _server(url, home) as (port, pid):
+                keys, jobs = _seed(url, options.jobs, options.tenants)
+                with _server(url, home, processes) as (port, pid):
                     for endpoint, label in (("GET", "GET /v1/jobs/{id}"),
                                             ("POST", "POST /v1/jobs")):
-                        send = _requester(endpoint, key, job_ids)
+                        send = _requester(endpoint, keys, jobs)
                         _run(port, send, clients=2, duration=1.0, rate=None)  # warm-up
                         for mode, clients, rate in (
                                 (f"closed c={options.clients}", options.clients, None),
@@ -264,18 +288,20 @@ def main() -> None:
                             after = _cpu_now(pid)
                             cpu_ms = {name: 1000 * (after[name] - before[name])
                                       / max(1, len(latencies)) for name in after}
-                            results.append(Result(backend, label, mode, latencies, errors,
-                                                  seconds, cpu_ms))
-    print(f"API load, {options.jobs}+ jobs in the database, {options.duration:g} s per row, "
+                            results.append(Result(backend, processes, label, mode,
+                                                  latencies, errors, seconds, cpu_ms))
+    print(f"API load, {options.jobs}+ jobs of {options.tenants} tenants in the database, "
+          f"{options.duration:g} s per row, "
           f"{os.cpu_count()} CPU cores shared by server and load generator")
-    print("| backend    | endpoint          | mode           | reqs   | req/s   | p50 ms | "
-          "p99 ms | errs | server | postgres | generator | ceiling |")
-    print("|------------|-------------------|----------------|--------|---------|--------|"
-          "--------|------|--------|----------|-----------|---------|")
+    print("| backend    | procs | endpoint          | mode           | reqs   | req/s   | "
+          "p50 ms | p99 ms | errs | server | postgres | generator | ceiling |")
+    print("|------------|-------|-------------------|----------------|--------|---------|"
+          "--------|--------|------|--------|----------|-----------|---------|")
     for result in results:
         print(result.row())
-    print("server / postgres / generator: CPU ms one request cost each (postgres: every "
-          "process of the postgres user);\nceiling: req/s at which those costs would fill all "
+    print("procs: API processes (topiary serve --processes); server / postgres / generator: CPU ms "
+          "one request cost each (server: every API process; postgres: every process of the "
+          "postgres user);\nceiling: req/s at which those costs would fill all "
           f"{os.cpu_count()} cores")
 
 

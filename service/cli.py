@@ -11,6 +11,7 @@ without torch: ``worker`` and ``demo`` import what needs it inside the command.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Annotated, Literal
 
 import typer
@@ -33,19 +34,26 @@ logger = logging.getLogger("service.cli")
 
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_HOST)")] = None,
-          port: Annotated[int | None, typer.Option(help="port (TOPIARY_PORT)")] = None) -> None:
+          port: Annotated[int | None, typer.Option(help="port (TOPIARY_PORT)")] = None,
+          processes: Annotated[int | None, typer.Option(
+              min=1, max=64, show_default=False,
+              help="API processes, e.g. one per core (TOPIARY_API_PROCESSES, default 1; "
+                   "more than one needs PostgreSQL)")] = None) -> None:
     """Migrate the database, then serve the REST API with uvicorn."""
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.metrics import fresh_metrics_dir
     from service.db import migrate
 
     settings = get_settings()
-    updates = {key: value for key, value in {"host": host, "port": port}.items()
+    updates = {key: value for key, value in {"host": host, "port": port,
+                                             "api_processes": processes}.items()
                if value is not None}
     settings = settings.model_copy(update=updates)
     try:
         settings.check_auth_binding()
+        settings.check_api_processes()
     except ConfigurationError as error:
         errors.print(f"[red]refusing to start:[/red] {error}")
         raise typer.Exit(code=2) from error
@@ -53,8 +61,17 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
     settings.ensure_directories()
     migrate(settings.database_url)
     logger.info("serving", extra={"host": settings.host, "port": settings.port,
-                                  "auth": settings.auth})
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                                  "auth": settings.auth, "processes": settings.api_processes})
+    if settings.api_processes == 1:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_config=None, access_log=False)
+        return
+    # Each process builds its own app from the environment: hand it this command's options.
+    os.environ.update(TOPIARY_HOST=settings.host, TOPIARY_PORT=str(settings.port),
+                      TOPIARY_API_PROCESSES=str(settings.api_processes),
+                      PROMETHEUS_MULTIPROC_DIR=str(fresh_metrics_dir(settings.home)))
+    uvicorn.run("service.api.app:create_app_from_environment", factory=True,
+                workers=settings.api_processes, host=settings.host, port=settings.port,
                 log_config=None, access_log=False)
 
 

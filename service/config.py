@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     auth: Literal["key", "none"] = "key"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    api_processes: int = Field(default=1, ge=1, le=64,
+                               description="uvicorn processes serving the API (PostgreSQL only "
+                                           "above 1)")
     max_upload_mb: float = Field(default=512.0, gt=0)
     max_concurrent_jobs_per_tenant: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
@@ -104,6 +107,19 @@ class Settings(BaseSettings):
                 f"TOPIARY_AUTH=none lets anyone act as the default tenant, so it is only "
                 f"allowed on a loopback address, not {self.host!r}; bind to 127.0.0.1 or "
                 "set TOPIARY_AUTH=key and create keys with `topiary keys create`")
+
+
+    def check_api_processes(self) -> None:
+        """Refuse several API processes on SQLite.
+
+        Raises:
+            ConfigurationError: ``api_processes`` > 1 with a SQLite database.
+        """
+        if self.api_processes > 1 and self.database_url.startswith("sqlite"):
+            raise ConfigurationError(
+                f"{self.api_processes} API processes on SQLite would queue each other's writes "
+                "behind SQLite's busy timeout (up to 100 ms sleeps per try); serve one process "
+                "(TOPIARY_API_PROCESSES=1) or move TOPIARY_DATABASE_URL to PostgreSQL")
 
 
 @lru_cache(maxsize=1)

@@ -19,6 +19,7 @@ from service.api.metrics import Metrics, RequestMetricsMiddleware
 from service.api.routes import catalog, events, health, jobs, results, ui, weights
 from service.config import Settings, get_settings
 from service.db import create_engine_for
+from service.logs import configure_logging
 from service.tenants import DEFAULT_TENANT
 from service.trials import StudyReader
 
@@ -27,6 +28,16 @@ logger = logging.getLogger(__name__)
 JSON_BODY_LIMIT = 1024 * 1024
 # Room for the multipart boundaries and headers around the uploaded file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app_from_environment() -> FastAPI:
+    """``create_app`` in a process that uvicorn started for ``topiary serve --processes N``.
+
+    Settings and the log format come from the environment, which ``serve`` filled in.
+    """
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -1,15 +1,22 @@
 """Prometheus metrics of one app: HTTP latency per route, jobs by status, live workers.
 
 Each app has its own registry (several apps can live in one test process).
-The middleware is plain ASGI so that it also times streamed responses.
+Under ``topiary serve --processes N`` the processes share their values through
+prometheus_client's multiprocess mode (files in ``PROMETHEUS_MULTIPROC_DIR``), so a
+scrape of any of them reports the counts of all. The middleware is plain ASGI so
+that it also times streamed responses.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +24,7 @@ from service.jobs import count_jobs_by_status, count_live_workers
 
 logger = logging.getLogger("service.api.access")
 
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -28,10 +36,12 @@ class Metrics:
         self.http_latency = Histogram(
             "topiary_http_request_duration_seconds", "HTTP request latency",
             ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.jobs = Gauge("topiary_jobs", "Jobs by status", ["status"], registry=self.registry)
+        # Read from the database at scrape time: the latest reading is the answer.
+        self.jobs = Gauge("topiary_jobs", "Jobs by status", ["status"], registry=self.registry,
+                          multiprocess_mode="mostrecent")
         self.live_workers = Gauge("topiary_live_workers",
                                   "Workers with a heartbeat in the last two lease periods",
-                                  registry=self.registry)
+                                  registry=self.registry, multiprocess_mode="mostrecent")
 
     def refresh_from_database(self, engine: Engine, lease_seconds: float) -> None:
         """Read the job and worker gauges from the database now.
@@ -44,8 +54,20 @@ class Metrics:
         self.live_workers.set(count_live_workers(engine, within_seconds=2 * lease_seconds))
 
     def exposition(self) -> bytes:
-        """The Prometheus text format of every instrument."""
-        return generate_latest(self.registry)
+        """The Prometheus text format of every instrument (of every API process)."""
+        if MULTIPROCESS_DIR_VARIABLE not in os.environ:
+            return generate_latest(self.registry)
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process)
+        return generate_latest(every_process)
+
+
+def fresh_metrics_dir(home: Path) -> Path:
+    """An empty folder for the metric files the API processes share (old runs' removed)."""
+    folder = home / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 class RequestMetricsMiddleware:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models.errors import InvalidSpecError
@@ -17,12 +17,13 @@ from service.tables import Event, Job, Tenant, WeightsUpload, is_valid_id, new_i
 
 # Statements of the submission path, built once (building one costs more than running it).
 # Core (table) statements: the ORM's bulk-statement handling costs more than the SQL.
-_INSERT_JOB = insert(Job.__table__)
-_INSERT_EVENT = insert(Event.__table__)
+_JOBS, _EVENTS, _TENANTS = (cast(Table, model.__table__) for model in (Job, Event, Tenant))
+_INSERT_JOB = insert(_JOBS)
+_INSERT_EVENT = insert(_EVENTS)
 # Writing the tenant row serialises this tenant's submissions (a row lock on
 # PostgreSQL, the write lock on SQLite) until commit, so the count after it, which
 # includes the new job, is exact. Taking it last keeps the lock short.
-_LOCK_TENANT = (update(Tenant.__table__).where(Tenant.__table__.c.id == bindparam("tenant"))
+_LOCK_TENANT = (update(_TENANTS).where(_TENANTS.c.id == bindparam("tenant"))
                 .values(last_submission_at=bindparam("now")))
 # Counting stops past the cap: the question is only whether the new job fits.
 _ACTIVE_JOBS = select(func.count()).select_from(

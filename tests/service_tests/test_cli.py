@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -72,26 +73,83 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _start_server(arguments: list[str], environment: dict[str, str]) -> subprocess.Popen[str]:
+    """``topiary serve`` with ``arguments`` in a subprocess, once ``/readyz`` answers 200."""
+    port = arguments[arguments.index("--port") + 1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", *arguments], cwd=REPOSITORY,
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError(f"server did not start: {server.communicate(timeout=30)}")
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_serve_migrates_and_answers(tmp_path: Path) -> None:
     port = _free_port()
     environment = {**os.environ, "TOPIARY_HOME": str(tmp_path), "TOPIARY_AUTH": "none"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=REPOSITORY,
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = _start_server(["--port", str(port)], environment)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
         assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["count"] == 0
     finally:
         server.terminate()
         _, log = server.communicate(timeout=30)
     assert '"message": "authentication is off' in log
     assert '"route": "/v1/jobs"' in log  # one JSON access line per request
+
+
+def test_serve_refuses_several_processes_on_sqlite(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["serve", "--processes", "2"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "PostgreSQL" in result.output and "TOPIARY_API_PROCESSES=1" in result.output
+    assert not (tmp_path / "topiary.db").exists()
+
+
+def _histogram_count(metrics: str, route: str) -> float:
+    prefix = "topiary_http_request_duration_seconds_count{"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith(prefix) and f'route="{route}"' in line)
+
+
+@pytest.mark.slow
+def test_serve_processes_share_the_port_and_the_metrics(tmp_path: Path,
+                                                       postgres_url: str) -> None:
+    port = _free_port()
+    home = tmp_path / "home"
+    environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_AUTH": "none",
+                   "TOPIARY_DATABASE_URL": postgres_url}
+    server = _start_server(["--port", str(port), "--processes", "2"], environment)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        sent = 0
+        # Requests on new connections until both processes have answered some (each
+        # keeps its values in a file of its own, named by its pid).
+        while len(list((home / "metrics").glob("histogram_*.db"))) < 2:
+            assert sent < 2000, "one process answered every request"
+            with ThreadPoolExecutor(8) as pool:
+                statuses = list(pool.map(lambda _: httpx.get(f"{base}/healthz").status_code,
+                                         range(40)))
+            assert statuses == [200] * 40
+            sent += 40
+        assert httpx.get(f"{base}/v1/jobs").json()["count"] == 0
+        # Any process's /metrics reports the requests of both.
+        for _ in range(3):
+            assert _histogram_count(httpx.get(f"{base}/metrics").text, "/healthz") == sent
+    finally:
+        server.terminate()
+        _, log = server.communicate(timeout=30)
+    assert '"processes": 2' in log
