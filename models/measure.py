@@ -45,6 +45,7 @@ __all__ = [
     "measure_latency",
     "compare_latency",
     "latency_against",
+    "memory_mb",
     "model_bytes",
     "peak_activation_bytes",
     "resolve_device",
@@ -438,6 +439,18 @@ class Measurement:
         return asdict(self)
 
 
+def _memory_parts_mb(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                     device: torch.device) -> tuple[float, float]:
+    return (model_bytes(model) / MIB,
+            peak_activation_bytes(model, input_shape, batch_size, device) / MIB)
+
+
+def memory_mb(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1,
+              device: str | torch.device = "cpu") -> float:
+    """``measure(...).memory_mb`` alone: weights plus peak activations at ``batch_size``, MiB."""
+    return sum(_memory_parts_mb(model, input_shape, batch_size, resolve_device(device)))
+
+
 def measure(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu",
             batch_size: int = 1, warmup: int = 5, runs: int = 30,
             threads: int | None = None) -> Measurement:
@@ -460,8 +473,7 @@ def measure(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.
     """
     target = resolve_device(device)
     macs, params = count_flops_params(model, input_shape)
-    weights_mb = model_bytes(model) / MIB
-    activation_mb = peak_activation_bytes(model, input_shape, batch_size, target) / MIB
+    weights_mb, activation_mb = _memory_parts_mb(model, input_shape, batch_size, target)
     latency = measure_latency(model, input_shape, target, batch_size=batch_size, warmup=warmup,
                               runs=runs, threads=threads)
     return Measurement(

@@ -14,6 +14,7 @@ from models.measure import (
     count_flops_params,
     measure,
     measure_latency,
+    memory_mb,
     model_bytes,
     peak_activation_bytes,
     resolve_device,
@@ -144,6 +145,7 @@ def test_measure_records_everything_and_leaves_the_model_in_place() -> None:
     assert result.model_mb == pytest.approx(model_bytes(model) / 2**20)
     assert result.peak_activation_mb > 0
     assert result.memory_mb == pytest.approx(result.model_mb + result.peak_activation_mb)
+    assert memory_mb(model, (3, 16, 16), 4, "auto") == pytest.approx(result.memory_mb)
     assert 0 < result.latency_ms <= result.latency_p90_ms
     assert result.batch_size == 4 and result.threads >= 1
     assert result.device_type == resolve_device("auto").type
