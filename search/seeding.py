@@ -27,11 +27,10 @@ network, latency and memory measured on the worker's device (aiming
 ``MEASURED_MARGIN`` under the limit, as timings are noisy). When a shape cannot
 meet the limit at its depth (latency of small networks is mostly per-layer
 overhead), it drops one more block until it can; under a measured limit it
-goes on dropping blocks until full widths fit and keeps the two plans of the
-shape with the most FLOPs (one block fewer can cost every layer most of its
-width: at 50% of a 16x16 resnet20's CPU latency, two more blocks dropped kept ten
-times the FLOPs; the runner-up depth is a different trade-off of the same shape,
-labelled ``method/N-dropped``). The unpruned plan is left
+goes on dropping blocks until full widths fit and keeps the plan of the shape
+with the most FLOPs (one block fewer can cost every layer most of its width:
+at 50% of a 16x16 resnet20's CPU latency, two more blocks dropped kept ten
+times the FLOPs). The unpruned plan is left
 out: it breaks every limit, so it would spend a trial on nothing.
 
 Without limits (``weighted`` and ``pareto`` modes) the plans are the scorers'
@@ -61,12 +60,6 @@ from search.warm_start import (
 )
 
 DEFAULT_TARGETS = (0.7, 0.5, 0.35)
-#: Under a measured limit, the depths of one shape that are enqueued, most FLOPs first.
-#: At 50% of a 16x16 resnet20's CPU latency every shape ends at the same depth with
-#: full widths, so one depth per shape left the queue two plans long; one block
-#: fewer dropped (and narrower layers) is a different trade-off, and the searches'
-#: best plans were often of that depth (``bench/search_quality.py --dump``).
-MEASURED_DEPTHS = 2
 #: Share of the removable blocks a plan drops at a budget of 0 (scaled by ``1 - target``).
 DEPTH_SHARE = 0.5
 #: ``/deep`` plans drop this many times more blocks.
@@ -214,20 +207,19 @@ def _shapes(scores: Mapping[str, ImportanceScores], blocks: int, target: float,
     return shapes
 
 
-def fitted_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
-                 scores: ImportanceScores | None, drops: int, spread: float = 0.0,
-                 round_to: int = 1, deepen: bool = True) -> list[PrunePlan]:
-    """The plans of one shape (``search.warm_start.shaped_plan``) that meet the limits.
+def fitted_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
+                scores: ImportanceScores | None, drops: int, spread: float = 0.0,
+                round_to: int = 1, deepen: bool = True) -> PrunePlan | None:
+    """The plan of one shape (``search.warm_start.shaped_plan``) that meets the limits.
 
     When the shape does not fit at ``drops`` blocks, one more block is dropped
     until it does (with ``deepen`` and scores to rank blocks). Under counted
-    limits that first fit already uses the budget and is the only plan; under
-    measured ones a deeper plan may keep far wider layers, so deeper plans are
-    tried until full widths fit, one plan per depth.
+    limits that first fit already uses the budget; under measured ones a deeper
+    plan may keep far wider layers, so deeper plans are tried until full widths
+    fit, and the plan with the most FLOPs wins (the shallowest on ties).
 
     Returns:
-        The plans, the most FLOPs first (the shallowest on ties); empty when no
-        depth of the shape fits.
+        The plan, or None when no depth of the shape fits.
     """
     most = len(blocks) if deepen and scores is not None else drops
     steps = {"steps": MEASURED_STEPS} if fits.measured else {}
@@ -239,29 +231,19 @@ def fitted_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits:
         candidates.append(plan)
         if not fits.measured or not plan.keep:
             break
-    return sorted(candidates, key=fits.flops, reverse=True)  # stable: shallowest on ties
-
-
-def fitted_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
-                scores: ImportanceScores | None, drops: int, spread: float = 0.0,
-                round_to: int = 1, deepen: bool = True) -> PrunePlan | None:
-    """The plan of one shape with the most FLOPs (``fitted_plans``), or None."""
-    plans = fitted_plans(groups, blocks, fits, scores, drops, spread, round_to, deepen)
-    return plans[0] if plans else None
+    return max(candidates, key=fits.flops) if candidates else None
 
 
 def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
                    scores: Mapping[str, ImportanceScores], target: float, fits: PlanFit,
                    round_to: int, allow_block_removal: bool) -> list[tuple[str, PrunePlan]]:
     plans: list[tuple[str, PrunePlan]] = []
-    depths = MEASURED_DEPTHS if fits.measured else 1
     for label, method_scores, drops, spread in _shapes(scores, len(blocks), target,
                                                        allow_block_removal):
-        fitted = fitted_plans(groups, blocks, fits, method_scores, drops, spread, round_to,
-                              deepen=allow_block_removal)
-        for rank, plan in enumerate(fitted[:depths]):
-            depth = f"/{len(plan.drop_blocks)}-dropped" if rank else ""
-            plans.append((f"{label}{depth}@{target:.2f}", plan))
+        plan = fitted_plan(groups, blocks, fits, method_scores, drops, spread, round_to,
+                           deepen=allow_block_removal)
+        if plan is not None:
+            plans.append((f"{label}@{target:.2f}", plan))
     steps = {"steps": MEASURED_STEPS} if fits.measured else {}
     widest = global_magnitude_plan(fits.model, fits.example_input, groups, fits, round_to,
                                    **steps)
