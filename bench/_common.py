@@ -210,8 +210,9 @@ class Watch:
 
     def sample(self) -> None:
         cpu = [process_cpu_seconds(pid) for pid in self.pids]
-        if all(value is not None for value in cpu):
-            self.samples.append((time.time(), machine_busy_seconds(), sum(cpu)))
+        alive = [value for value in cpu if value is not None]
+        if len(alive) == len(cpu):
+            self.samples.append((time.time(), machine_busy_seconds(), sum(alive)))
 
     def cores(self, start: float = 0.0, end: float = float("inf")) -> tuple[float, float]:
         """(cores our processes used, cores the rest of the machine used) in [start, end]."""

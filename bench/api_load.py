@@ -123,14 +123,14 @@ def _seed(url: str, count: int, tenants: int) -> tuple[list[str], list[tuple[str
     return [key.key for key in keys], jobs
 
 
-def _postgres_cpu_seconds() -> float:
-    """CPU seconds of every process of the ``postgres`` user (the server and its backends)."""
+def _postgres_cpu_seconds() -> dict[int, float]:
+    """CPU seconds of each process of the ``postgres`` user (the server and its backends)."""
     try:
         pids = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True,
                               check=False).stdout.split()
     except OSError:
-        return 0.0
-    return sum(process_cpu_seconds(int(pid)) or 0.0 for pid in pids)
+        return {}
+    return {int(pid): process_cpu_seconds(int(pid)) or 0.0 for pid in pids}
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -140,10 +140,23 @@ def _process_tree(pid: int) -> list[int]:
     return [pid, *(descendant for child in children for descendant in _process_tree(int(child)))]
 
 
-def _cpu_now(server_pid: int) -> dict[str, float]:
+def _cpu_now(server_pid: int) -> dict[str, dict[int, float]]:
+    """CPU seconds so far of each process of the server, PostgreSQL and the generator."""
     times = os.times()
-    return {"server": sum(process_cpu_seconds(pid) or 0.0 for pid in _process_tree(server_pid)),
-            "postgres": _postgres_cpu_seconds(), "generator": times.user + times.system}
+    return {"server": {pid: process_cpu_seconds(pid) or 0.0
+                       for pid in _process_tree(server_pid)},
+            "postgres": _postgres_cpu_seconds(),
+            "generator": {os.getpid(): times.user + times.system}}
+
+
+def _cpu_ms_per_request(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]],
+                        requests: int) -> dict[str, float]:
+    """CPU ms per request of each party, summed per process: a process that started in
+    between counts from zero, one that ended in between (an autovacuum worker) drops out
+    instead of subtracting its whole life's CPU."""
+    return {name: 1000 * sum(seconds - before[name].get(pid, 0.0)
+                             for pid, seconds in processes.items()) / max(1, requests)
+            for name, processes in after.items()}
 
 
 @contextmanager
@@ -286,8 +299,7 @@ def main() -> None:
                                 port, send, clients=clients, duration=options.duration,
                                 rate=rate)
                             after = _cpu_now(pid)
-                            cpu_ms = {name: 1000 * (after[name] - before[name])
-                                      / max(1, len(latencies)) for name in after}
+                            cpu_ms = _cpu_ms_per_request(before, after, len(latencies))
                             results.append(Result(backend, processes, label, mode,
                                                   latencies, errors, seconds, cpu_ms))
     print(f"API load, {options.jobs}+ jobs of {options.tenants} tenants in the database, "
