@@ -33,9 +33,13 @@ def compose() -> dict[str, Any]:
 
 
 def substituted(value: str) -> str:
-    """Compose's ``${NAME:?message}`` / ``${NAME:-default}`` with a stand-in value."""
-    return re.sub(r"\$\{(\w+)(:[?-][^}]*)?\}", lambda match: f"x{match.group(1).lower()}",
-                  value)
+    """Compose's variables with nothing set: ``${NAME:-default}`` is its default, and
+    ``${NAME}`` / ``${NAME:?message}`` (which must be set) a stand-in value."""
+    def replace(match: re.Match[str]) -> str:
+        name, operator, rest = match.group(1), match.group(2), match.group(3)
+        return rest if operator == ":-" else f"x{name.lower()}"
+
+    return re.sub(r"\$\{(\w+)(?:(:[?-])([^}]*))?\}", replace, value)
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
