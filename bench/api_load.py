@@ -123,14 +123,19 @@ def _seed(url: str, count: int, tenants: int) -> tuple[list[str], list[tuple[str
     return [key.key for key in keys], jobs
 
 
-def _postgres_cpu_seconds() -> dict[int, float]:
-    """CPU seconds of each process of the ``postgres`` user (the server and its backends)."""
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds so far of each process (0 for one already gone)."""
+    return {pid: process_cpu_seconds(pid) or 0.0 for pid in pids}
+
+
+def _postgres_pids() -> list[int]:
+    """Every process of the ``postgres`` user (the server and its backends)."""
     try:
-        pids = subprocess.run(["pgrep", "-u", "postgres"], capture_output=True, text=True,
-                              check=False).stdout.split()
+        return [int(pid) for pid in subprocess.run(
+            ["pgrep", "-u", "postgres"], capture_output=True, text=True,
+            check=False).stdout.split()]
     except OSError:
-        return {}
-    return {int(pid): process_cpu_seconds(int(pid)) or 0.0 for pid in pids}
+        return []
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -143,9 +148,8 @@ def _process_tree(pid: int) -> list[int]:
 def _cpu_now(server_pid: int) -> dict[str, dict[int, float]]:
     """CPU seconds so far of each process of the server, PostgreSQL and the generator."""
     times = os.times()
-    return {"server": {pid: process_cpu_seconds(pid) or 0.0
-                       for pid in _process_tree(server_pid)},
-            "postgres": _postgres_cpu_seconds(),
+    return {"server": _cpu_seconds(_process_tree(server_pid)),
+            "postgres": _cpu_seconds(_postgres_pids()),
             "generator": {os.getpid(): times.user + times.system}}
 
 

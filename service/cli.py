@@ -43,7 +43,7 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
     import uvicorn
 
     from service.api.app import create_app
-    from service.api.metrics import fresh_metrics_dir
+    from service.api.metrics import MULTIPROCESS_DIR_VARIABLE, fresh_metrics_dir
     from service.db import migrate
 
     settings = get_settings()
@@ -67,9 +67,9 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
                     log_config=None, access_log=False)
         return
     # Each process builds its own app from the environment: hand it this command's options.
-    os.environ.update(TOPIARY_HOST=settings.host, TOPIARY_PORT=str(settings.port),
-                      TOPIARY_API_PROCESSES=str(settings.api_processes),
-                      PROMETHEUS_MULTIPROC_DIR=str(fresh_metrics_dir(settings.home)))
+    os.environ.update({"TOPIARY_HOST": settings.host, "TOPIARY_PORT": str(settings.port),
+                       "TOPIARY_API_PROCESSES": str(settings.api_processes),
+                       MULTIPROCESS_DIR_VARIABLE: str(fresh_metrics_dir(settings.home))})
     uvicorn.run("service.api.app:create_app_from_environment", factory=True,
                 workers=settings.api_processes, host=settings.host, port=settings.port,
                 log_config=None, access_log=False)

@@ -108,7 +108,6 @@ class Settings(BaseSettings):
                 f"allowed on a loopback address, not {self.host!r}; bind to 127.0.0.1 or "
                 "set TOPIARY_AUTH=key and create keys with `topiary keys create`")
 
-
     def check_api_processes(self) -> None:
         """Refuse several API processes on SQLite.
 

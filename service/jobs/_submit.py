@@ -15,8 +15,8 @@ from service.errors import SpecValidationError, TooManyJobsError
 from service.jobs._state import ACTIVE_STATUSES, JobStatus
 from service.tables import Event, Job, Tenant, WeightsUpload, is_valid_id, new_id
 
-# Statements of the submission path, built once (building one costs more than running it).
-# Core (table) statements: the ORM's bulk-statement handling costs more than the SQL.
+# Statements of the submission path, built once over the tables (building one, or running
+# it through the ORM, costs more than running it).
 _JOBS, _EVENTS, _TENANTS = (cast(Table, model.__table__) for model in (Job, Event, Tenant))
 _INSERT_JOB = insert(_JOBS)
 _INSERT_EVENT = insert(_EVENTS)
@@ -124,7 +124,6 @@ def _submit(session: Session, tenant_id: int, spec: JobSpec, data_root: Path,
     if errors:
         raise SpecValidationError(errors)
     now = utcnow()
-    # Core INSERTs: the ORM's unit of work costs more than the statement itself here.
     values = {"id": new_id(), "tenant_id": tenant_id, "name": spec.name, "spec": dumped,
               "status": JobStatus.QUEUED.value, "device_request": requested_device_type(spec),
               "attempts": 0, "cancel_requested": False, "created_at": now, "updated_at": now}
@@ -136,7 +135,7 @@ def _submit(session: Session, tenant_id: int, spec: JobSpec, data_root: Path,
         "message": "status: queued (submitted)", "data": {"status": JobStatus.QUEUED.value}})
     connection.execute(_LOCK_TENANT, {"tenant": tenant_id, "now": now})
     active = connection.scalar(_ACTIVE_JOBS, {"tenant": tenant_id,
-                                           "cap_plus_one": max_active_jobs + 1}) or 0
+                                              "cap_plus_one": max_active_jobs + 1}) or 0
     if active > max_active_jobs:
         raise TooManyJobsError(f"this tenant already has {max_active_jobs} unfinished jobs, "
                                "the limit; wait for one to end or cancel one")
