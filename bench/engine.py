@@ -1,14 +1,16 @@
-"""Benchmark the pruning engine: apply time, MACs, params and CPU latency of uniform plans.
+"""Benchmark the pruning engine: apply time, MACs, params and latency of uniform plans.
 
-    python bench/engine.py [--quick] [--threads N]
+    python bench/engine.py [--quick] [--threads N] [--device cpu|cuda]
 
 For cifar_resnet56 and resnet18 (small-input stem) at 32x32 and uniform keep
 ratios 0.75 / 0.5 / 0.25, prints the time ``apply_plan`` takes, the MACs and
-parameter ratios (pruned / unpruned) and the measured CPU latency ratios at
-batch 1 and 64. The unpruned and pruned models are timed side by side in the
-same run: round-robin rounds, each model timed once per round, the reported
-latency is the median of the per-round medians. Ratios below 1 mean smaller or
-faster. Never part of the test suite.
+parameter ratios (pruned / unpruned) and the measured latency ratios at
+batch 1 and 64 (and 256 on CUDA, where small batches are bound by kernel
+launches, not by arithmetic; CUDA passes are timed with CUDA events). The
+unpruned and pruned models are timed side by side in the same run: round-robin
+rounds, each model timed once per round, the reported latency is the median of
+the per-round medians. Ratios below 1 mean smaller or faster. Never part of the
+test suite.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from models.architectures import build_model
-from models.measure import count_flops_params, measure_latency
+from models.measure import count_flops_params, measure_latency, resolve_device
 from models.plan import PrunePlan, apply_plan, prunable_groups
 
 ARCHITECTURES: list[tuple[str, dict]] = [
@@ -42,22 +44,23 @@ class Settings:
 
 FULL = {1: Settings(rounds=5, runs=10, warmup=3), 64: Settings(rounds=3, runs=3, warmup=1)}
 QUICK = {1: Settings(rounds=3, runs=5, warmup=2), 64: Settings(rounds=2, runs=2, warmup=1)}
+CUDA = {batch: Settings(rounds=5, runs=30, warmup=10) for batch in (1, 64, 256)}
 
 
 def _side_by_side_latency(models: list[nn.Module], batch_size: int, settings: Settings,
-                          threads: int) -> list[float]:
+                          threads: int, device: str) -> list[float]:
     """Median over rounds of each model's median latency (ms); models alternate per round."""
     per_round: list[list[float]] = [[] for _ in models]
     for _ in range(settings.rounds):
         for index, model in enumerate(models):
-            result = measure_latency(model, INPUT_SHAPE, "cpu", batch_size=batch_size,
+            result = measure_latency(model, INPUT_SHAPE, device, batch_size=batch_size,
                                      warmup=settings.warmup, runs=settings.runs, threads=threads)
             per_round[index].append(result.median_ms)
     return [statistics.median(times) for times in per_round]
 
 
 def _benchmark(arch: str, arguments: dict, settings: dict[int, Settings],
-               threads: int) -> list[list[str]]:
+               threads: int, device: str) -> list[list[str]]:
     torch.manual_seed(0)
     example = torch.randn(1, *INPUT_SHAPE)
     base = build_model(arch, **arguments).eval()
@@ -76,7 +79,8 @@ def _benchmark(arch: str, arguments: dict, settings: dict[int, Settings],
         macs.append(model_macs / base_macs)
         params.append(model_params / base_params)
 
-    latency = {batch: _side_by_side_latency([base, *pruned], batch, settings[batch], threads)
+    latency = {batch: _side_by_side_latency([base, *pruned], batch, settings[batch], threads,
+                                            device)
                for batch in settings}
     rows = [[arch, "1.00", "-", f"{base_macs / 1e6:.1f}M", f"{base_params / 1e6:.3f}M",
              *[f"{latency[batch][0]:.2f}ms" for batch in settings]]]
@@ -100,16 +104,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer timed runs")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     options = parser.parse_args()
-    settings = QUICK if options.quick else FULL
+    device = resolve_device(options.device)
+    settings = CUDA if device.type == "cuda" else QUICK if options.quick else FULL
     began = time.perf_counter()
     rows = []
     for arch, arguments in ARCHITECTURES:
-        rows += _benchmark(arch, arguments, settings, options.threads)
+        rows += _benchmark(arch, arguments, settings, options.threads, str(device))
     header = ["arch", "keep", "apply_s", "macs_ratio", "params_ratio",
               *[f"lat_b{batch}_ratio" for batch in settings]]
-    print(f"input {INPUT_SHAPE}, CPU, {options.threads} thread(s), "
-          f"{'quick' if options.quick else 'full'} settings "
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"CPU, {options.threads} thread(s), {'quick' if options.quick else 'full'}")
+    print(f"input {INPUT_SHAPE}, {where} settings "
           + ", ".join(f"b{b}: {s.rounds} rounds x {s.runs} runs" for b, s in settings.items()))
     print("keep 1.00 rows are the unpruned model: absolute MACs, params and median latencies;\n"
           "other rows are pruned / unpruned ratios, timed side by side in the same run.\n")

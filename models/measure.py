@@ -211,11 +211,13 @@ def peak_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_
 
     On CUDA it is exact for the allocator: ``torch.cuda.max_memory_allocated``
     during the pass minus what was allocated before the input was created
-    (input + activations + workspaces). On CPU it is an estimate from forward
-    hooks on every leaf module: the input plus the outputs of leaf modules that
-    are still referenced, at their peak sum. Temporaries inside a module and
-    results of functional ops outside modules that are never passed through one
-    are not seen.
+    (input + activations + per-call workspaces). One untimed pass goes first,
+    so what CUDA libraries allocate once and keep (cuBLAS's workspace, say) is
+    counted in neither the first network measured nor any later one. On CPU it
+    is an estimate from forward hooks on every leaf module: the input plus the
+    outputs of leaf modules that are still referenced, at their peak sum.
+    Temporaries inside a module and results of functional ops outside modules
+    that are never passed through one are not seen.
 
     Args:
         model: the network (moved to ``device`` for the pass, then back).
@@ -226,6 +228,8 @@ def peak_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_
     target = resolve_device(device)
     with _on_device(model, target):
         if target.type == "cuda":
+            with torch.inference_mode():
+                model(_sample_batch(input_shape, batch_size, target))
             torch.cuda.synchronize(target)
             torch.cuda.reset_peak_memory_stats(target)
             before = torch.cuda.memory_allocated(target)

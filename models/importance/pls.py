@@ -153,7 +153,7 @@ def _collect(model: nn.Module, splits: DataSplits, targets: ScoringTargets,
             if seen >= settings["max_samples"]:
                 break
             model(images.to(device))
-            labels.append(batch_labels)
+            labels.append(batch_labels.cpu())  # CUDA-resident splits give CUDA labels
             seen += images.shape[0]
     return hooks, torch.cat(labels).numpy()
 

@@ -80,5 +80,6 @@ def score(model: nn.Module, splits: DataSplits, method: str,
     started = time.perf_counter()
     targets = resolve_targets(model, splits.example_input(), groups, blocks)
     channel, group, block = scorer(model, splits, targets, resolved)
+    channel = {name: values.detach().cpu() for name, values in channel.items()}
     seconds = time.perf_counter() - started
     return ImportanceScores(method, channel, group, block, seconds, resolved)

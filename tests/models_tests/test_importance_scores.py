@@ -183,3 +183,22 @@ def test_score_importance_refuses_scores_of_another_width(splits: DataSplits) ->
     with pytest.raises(InvalidPlanError, match="cover 8 channels"):
         apply_plan(model, PrunePlan(keep={"layer1.1.conv1": 4}), x,
                    importance=ScoreImportance(model, scores))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_scores_on_cuda_with_the_splits_on_the_gpu(method: str,
+                                                                splits: DataSplits) -> None:
+    """The worker keeps small datasets on the GPU (``DataSplits.to_device``): every
+    batch, labels included, is then a CUDA tensor."""
+    on_gpu = splits.to_device("cuda")
+    assert on_gpu is not splits
+    model = _resnet20().cuda()
+    scores = score(model, on_gpu, method, **FAST[method])
+    on_cpu = score(_resnet20(), splits, method, **FAST[method])
+    assert set(scores.channel) == set(on_cpu.channel) and set(scores.block) == set(on_cpu.block)
+    for name, values in scores.channel.items():
+        assert values.device.type == "cpu" and torch.isfinite(values).all()
+        if method in ("magnitude", "pls"):  # deterministic given the weights and the data
+            assert torch.allclose(values, on_cpu.channel[name], rtol=1e-3, atol=1e-4), name
+    assert next(model.parameters()).device.type == "cuda"

@@ -241,3 +241,20 @@ def test_settings_that_cannot_work_are_refused(digits: DataSplits) -> None:
         fine_tune(_fresh_resnet(), digits, 1, learning_rte=0.1)
     with pytest.raises(InvalidSpecError, match="num_classes"):
         train_baseline("cifar_resnet20", {"num_classes": 7}, digits, TrainConfig(epochs=1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("amp", [None, False])
+def test_cuda_fine_tune_uses_float16_autocast_unless_turned_off(small_digits: DataSplits,
+                                                                amp: bool | None) -> None:
+    model = _fresh_resnet()
+    seen: list[torch.dtype] = []
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda _m, _i, output: seen.append(output.dtype))
+    history = fine_tune(model, small_digits, 2, device="cuda", amp=amp)
+    expected = torch.float32 if amp is False else torch.float16
+    assert seen and set(seen) == {expected}
+    assert all(math.isfinite(loss) for loss in history["train_loss"])
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    assert next(model.parameters()).device.type == "cuda"
+    assert next(model.parameters()).dtype == torch.float32  # master weights stay float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 import torch
 from optuna.trial import TrialState
 from sqlalchemy import select
@@ -87,3 +88,26 @@ def test_a_cancel_request_stops_the_job(sqlite_settings, sqlite_engine) -> None:
     job = get_job(sqlite_engine, job_id)
     assert job.status == JobStatus.CANCELLED.value
     assert job.progress["trials_complete"] < 50
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_job_runs_on_cuda_from_baseline_to_checkpoint(sqlite_settings, sqlite_engine) -> None:
+    """Everything on the GPU: splits kept there, both warm-start scorers, CUDA-event
+    latency, AMP fine-tunes, and a checkpoint that loads on the CPU."""
+    tenant = get_or_create_tenant(sqlite_engine, "acme")
+    job_id = submit(sqlite_engine, sqlite_settings, tenant.id,
+                    latency={"device": "cuda"}, search={"warm_start": ["attention", "pls"]},
+                    objective={"constraints": {"max_latency_ratio": 0.9}})
+    Worker(sqlite_settings, device="cuda", threads=1).run_forever(exit_when_idle=True)
+
+    job = get_job(sqlite_engine, job_id)
+    assert job.status == JobStatus.SUCCEEDED.value, (job.error_code, job.error_message)
+    assert job.device_type == "cuda" and job.baseline["accuracy"] > 0.3
+    assert job.best["latency_ms"] <= 0.9 * job.baseline["latency_ms"] * 1.0001
+    with session_scope(sqlite_engine) as session:
+        path = session.scalars(select(Artifact.path).where(Artifact.job_id == job_id,
+                                                           Artifact.kind == "safetensors")).one()
+    model = load_pruned(path)
+    assert next(model.parameters()).device.type == "cpu"
+    with torch.inference_mode():
+        assert model(load_dataset("digits", image_size=16).example_input(2)).shape == (2, 10)
