@@ -137,9 +137,10 @@ def prepare(spec: JobSpec, baseline_epochs: int, cache_dir: Path) -> Setup:
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
     cache = ScoreCache(cache_dir)
-    scores = {method: cached_score(cache, model, splits, method,
-                                   dataset_identity("digits", IMAGE_SIZE, 0), groups, blocks)
-              for method in spec.search.warm_start}
+    scores: dict[str, ImportanceScores] = {
+        method: cached_score(cache, model, splits, method,
+                             dataset_identity("digits", IMAGE_SIZE, 0), groups, blocks)
+        for method in spec.search.warm_start}
     return Setup(model, splits, baseline, scores, groups, blocks)
 
 
@@ -155,7 +156,7 @@ def context_for(setup: Setup, spec: JobSpec) -> SearchContext:
                          baseline=dict(setup.baseline), importance_factory=factory)
 
 
-def _tune_and_score(model: nn.Module, setup: Setup, spec: JobSpec, seed: int) -> tuple[float,
+def tune_and_score(model: nn.Module, setup: Setup, spec: JobSpec, seed: int) -> tuple[float,
                                                                                        float]:
     """The objective's fine-tune (same settings and seed), then val and test accuracy."""
     tune = spec.fine_tune
@@ -207,6 +208,7 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
                             "flops": attrs["flops"] / setup.baseline["flops"],
                             "latency": attrs["latency_ms"] / setup.baseline["latency_ms"],
                             "dropped": len(attrs["plan"]["drop_blocks"]),
+                            "drop_blocks": attrs["plan"]["drop_blocks"],
                             "keep": attrs["plan"]["keep"]})
         if trial.user_attrs.get("feasible"):
             outcome.feasible += 1
@@ -219,7 +221,7 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
         apply_plan(model, plan, setup.splits.example_input(),
                    importance=(context.importance_factory(model)
                                if context.importance_factory else None))
-        _, outcome.test = _tune_and_score(model, setup, spec, spec.seed + best_trial.number)
+        _, outcome.test = tune_and_score(model, setup, spec, spec.seed + best_trial.number)
         outcome.val = best_trial.user_attrs["accuracy"]
         outcome.flops_ratio = best_trial.user_attrs["flops"] / setup.baseline["flops"]
         outcome.latency_ratio = best_trial.user_attrs["latency_ms"] / setup.baseline["latency_ms"]
@@ -264,7 +266,7 @@ def one_shot(setup: Setup, spec: JobSpec, prune: Callable[[float], nn.Module]) -
     if model is not None:
         ratios = _ratios(model, setup, spec)
         outcome.flops_ratio, outcome.latency_ratio = ratios["flops"], ratios["latency"]
-        outcome.val, outcome.test = _tune_and_score(model, setup, spec, spec.seed)
+        outcome.val, outcome.test = tune_and_score(model, setup, spec, spec.seed)
         outcome.feasible = 1
         outcome.curve = [outcome.val]
     outcome.seconds = time.perf_counter() - started
