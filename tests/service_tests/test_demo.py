@@ -38,7 +38,14 @@ def start_demo(home: Path) -> subprocess.Popen[str]:
                         "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)})
     return subprocess.Popen([sys.executable, "-m", "service.cli", "demo", *TINY],
                             cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_interruptible)
+
+
+def _interruptible() -> None:  # pragma: no cover - runs in the forked child
+    """Ctrl-C as a terminal delivers it, however the suite was started: a suite run in
+    the background of a script (``.ci/run &``) inherits SIGINT ignored, and Python then
+    never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def child_pids(output: str) -> list[int]:
