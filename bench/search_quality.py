@@ -159,10 +159,8 @@ def context_for(setup: Setup, spec: JobSpec) -> SearchContext:
 def tune_and_score(model: nn.Module, setup: Setup, spec: JobSpec, seed: int) -> tuple[float,
                                                                                        float]:
     """The objective's fine-tune (same settings and seed), then val and test accuracy."""
-    tune = spec.fine_tune
-    fine_tune(model, setup.splits, tune.trial_epochs, eval_split=None,
-              learning_rate=tune.learning_rate, batch_size=tune.batch_size,
-              label_smoothing=tune.label_smoothing, seed=seed)
+    fine_tune(model, setup.splits, spec.fine_tune.trial_epochs, eval_split=None, seed=seed,
+              **spec.fine_tune.training_settings())
     return evaluate(model, setup.splits, "val"), evaluate(model, setup.splits, "test")
 
 

@@ -246,9 +246,6 @@ class Objective:
 
         started = time.perf_counter()
         fine_tune(model, context.splits, epochs, callback=after_epoch,
-                  learning_rate=spec.fine_tune.learning_rate,
-                  batch_size=spec.fine_tune.batch_size,
-                  label_smoothing=spec.fine_tune.label_smoothing,
                   seed=spec.seed + trial.number, device=context.device,
-                  cancel_event=context.cancel_event)
+                  cancel_event=context.cancel_event, **spec.fine_tune.training_settings())
         return time.perf_counter() - started

@@ -170,6 +170,15 @@ class FineTuneSpec(_Strict):
     learning_rate: float = Field(default=0.01, gt=0, le=10)
     batch_size: int = Field(default=64, ge=1, le=4096)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    amp: bool = Field(default=True, description=(
+        "float16 mixed precision for every training run on a CUDA worker (ignored on CPU); "
+        "small networks on small images train faster without it"))
+
+    def training_settings(self) -> dict[str, Any]:
+        """What the baseline, the trials and the final fine-tune share, as
+        ``models.train.TrainConfig`` fields (``amp=None``: on exactly on CUDA)."""
+        return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "label_smoothing": self.label_smoothing, "amp": None if self.amp else False}
 
 
 class JobSpec(_Strict):

@@ -44,10 +44,10 @@ def baseline_model(runtime: WorkerRuntime, run: JobRun, splits: DataSplits) -> n
             runtime.event(run, "baseline", f"baseline epoch {epoch}/{epochs}: val accuracy "
                           f"{metrics.get('val_accuracy', 0.0):.3f}", metrics)
 
-        config = TrainConfig(epochs=epochs, learning_rate=max(spec.fine_tune.learning_rate, 0.05),
-                             batch_size=spec.fine_tune.batch_size,
-                             label_smoothing=spec.fine_tune.label_smoothing, seed=spec.seed,
-                             device=runtime.device.name)
+        settings = {**spec.fine_tune.training_settings(),
+                    "learning_rate": max(spec.fine_tune.learning_rate, 0.05)}
+        config = TrainConfig(epochs=epochs, seed=spec.seed, device=runtime.device.name,
+                             **settings)
         model = train_baseline(spec.model.arch, {**spec.model.arguments}, splits, config,
                                callback=report, cancel_event=run.cancel)
     save_weights(model, files.baseline)

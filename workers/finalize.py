@@ -57,9 +57,8 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
 
     fine_tune(model, context.splits, epochs,
               teacher=context.model if spec.fine_tune.distill else None, callback=report,
-              cancel_event=run.cancel, learning_rate=spec.fine_tune.learning_rate,
-              batch_size=spec.fine_tune.batch_size,
-              label_smoothing=spec.fine_tune.label_smoothing, seed=spec.seed, device=device)
+              cancel_event=run.cancel, seed=spec.seed, device=device,
+              **spec.fine_tune.training_settings())
     runtime.phase(run, f"measuring the pruned model on {runtime.device.description}")
     metrics = _final_metrics(runtime, run, context, model)
     runtime.phase(run, "exporting safetensors, ONNX and TorchScript")

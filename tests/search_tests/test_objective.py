@@ -3,8 +3,10 @@ from __future__ import annotations
 import optuna
 import pytest
 from optuna.trial import TrialState
+from pydantic import ValidationError
 
 from models.plan import PrunePlan
+from models.train import TrainConfig
 from search.budget import is_surplus
 from search.objective import Objective
 from search.result import search_result
@@ -186,3 +188,16 @@ def test_latency_limits_hold_when_the_baseline_was_timed_on_a_slower_machine(
     assert 0.5 < attrs["latency_ratio"] < 2.0
     assert attrs["latency_ms"] == pytest.approx(attrs["latency_ratio"]
                                                 * slow_moment["latency_ms"])
+
+
+def test_fine_tune_amp_follows_the_device_unless_the_spec_turns_it_off() -> None:
+    """Every training run of a job (baseline, trials, final) takes these settings."""
+    default = make_spec().fine_tune.training_settings()
+    off = make_spec(fine_tune={"amp": False, "label_smoothing": 0.1}).fine_tune.training_settings()
+    assert default["amp"] is None
+    assert off == {"learning_rate": 0.01, "batch_size": 64, "label_smoothing": 0.1, "amp": False}
+    assert TrainConfig(epochs=1, device="cuda", **default).uses_amp() is True
+    assert TrainConfig(epochs=1, device="cpu", **default).uses_amp() is False
+    assert TrainConfig(epochs=1, device="cuda", **off).uses_amp() is False
+    with pytest.raises(ValidationError, match="fine_tune.amp"):
+        make_spec(fine_tune={"amp": "sometimes"})

@@ -91,13 +91,16 @@ def test_a_cancel_request_stops_the_job(sqlite_settings, sqlite_engine) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_a_job_runs_on_cuda_from_baseline_to_checkpoint(sqlite_settings, sqlite_engine) -> None:
+@pytest.mark.parametrize("amp", [True, False])
+def test_a_job_runs_on_cuda_from_baseline_to_checkpoint(sqlite_settings, sqlite_engine,
+                                                        amp: bool) -> None:
     """Everything on the GPU: splits kept there, both warm-start scorers, CUDA-event
-    latency, AMP fine-tunes, and a checkpoint that loads on the CPU."""
+    latency, fine-tunes with AMP or in float32, and a checkpoint that loads on the CPU."""
     tenant = get_or_create_tenant(sqlite_engine, "acme")
     job_id = submit(sqlite_engine, sqlite_settings, tenant.id,
                     latency={"device": "cuda"}, search={"warm_start": ["attention", "pls"]},
-                    objective={"constraints": {"max_latency_ratio": 0.9}})
+                    objective={"constraints": {"max_latency_ratio": 0.9}},
+                    fine_tune={"amp": amp})
     Worker(sqlite_settings, device="cuda", threads=1).run_forever(exit_when_idle=True)
 
     job = get_job(sqlite_engine, job_id)
