@@ -14,6 +14,8 @@ from service.tables import Artifact, Event, Job, WeightsUpload, is_valid_id
 # building a statement costs more than running it.
 _JOB = select(Job).options(joinedload(Job.artifacts)).where(Job.id == bindparam("job_id"))
 _TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
+#: The largest id the events table's INTEGER key can hold.
+LARGEST_EVENT_ID = 2**31 - 1
 
 
 def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -> Job:
@@ -49,6 +51,8 @@ def list_jobs(session: Session, tenant_id: int, *, status: JobStatus | None = No
 def list_events(bind: Engine | Session, job_id: str, *, after_id: int = 0,
                 limit: int = 1000) -> list[Event]:
     """The job's log lines with ids above ``after_id``, oldest first."""
+    # Event ids are 32-bit keys; PostgreSQL refuses to compare one with a larger number.
+    after_id = min(after_id, LARGEST_EVENT_ID)
     with use_session(bind) as session:
         return list(session.scalars(select(Event).where(Event.job_id == job_id,
                                                         Event.id > after_id)
