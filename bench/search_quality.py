@@ -66,7 +66,7 @@ from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
 from search.constraints import active_limits, is_feasible, violations
 from search.objective import Objective, SearchContext, measure_baseline
-from search.seeding import seed_plans, target_ratio
+from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
 from search.spec import JobSpec
 from search.storage import open_storage, silence_optuna_logs
@@ -191,7 +191,8 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
         plans = seed_plans(setup.model, example, setup.groups, blocks, setup.scores,
                            target_ratio(spec.objective.constraints, setup.baseline),
                            round_to=context.space.plan_round_to(),
-                           allow_block_removal=spec.search.allow_block_removal)
+                           allow_block_removal=spec.search.allow_block_removal,
+                           probe=PlanProbe(setup.model, example, setup.splits))
         enqueue_plans(study, context.space, plans)
     run_trials(study, Objective(context), spec)
     trials = sorted((t for t in study.get_trials(deepcopy=False)

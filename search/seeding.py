@@ -15,10 +15,15 @@ search starts from several depth / width trade-offs instead of one. In order:
 
 The first two lead under counted limits (FLOPs, parameters), where they were
 the strongest single plans on the search benchmark (``bench/search_quality.py``).
-Under a measured limit (latency, memory) the plans are ordered by the FLOPs they
-keep, most first: they all meet the limit, and on small inputs latency is mostly
-per-layer overhead, so the shapes that drop blocks keep far more computation (and
-accuracy) than uniform or global widths. A trial's position matters when the
+Under a measured limit (latency, memory) with a ``PlanProbe`` (what jobs use),
+one more shape, ``probe``, drops blocks in the order a greedy elimination by the
+adaptive-BatchNorm loss gives (``models.probe``), and that loss, not FLOPs,
+picks each shape's depth and orders the plans, best first: at such limits the
+block choice matters more than the computation kept (``bench/block_choice.py``).
+Without a probe the plans are ordered by the FLOPs they keep, most first: they
+all meet the limit, and on small inputs latency is mostly per-layer overhead, so
+the shapes that drop blocks keep far more computation (and accuracy) than
+uniform or global widths. A trial's position matters when the
 budget is small.
 
 Each plan's widths are bisected to the largest that meets every limit, checked
@@ -40,15 +45,17 @@ plans at a few FLOPs budgets, a uniform plan, and the unpruned plan.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from models.datasets import DataSplits
 from models.importance import ImportanceScores
 from models.measure import count_flops_params, latency_against, measure_latency, memory_mb
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
+from models.probe import block_elimination_order, plan_loss
 from search.constraints import Limit, active_limits
 from search.spec import Constraints
 from search.warm_start import (
@@ -209,14 +216,16 @@ def _shapes(scores: Mapping[str, ImportanceScores], blocks: int, target: float,
 
 def fitted_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
                 scores: ImportanceScores | None, drops: int, spread: float = 0.0,
-                round_to: int = 1, deepen: bool = True) -> PrunePlan | None:
+                round_to: int = 1, deepen: bool = True,
+                rank: Callable[[PrunePlan], float] | None = None) -> PrunePlan | None:
     """The plan of one shape (``search.warm_start.shaped_plan``) that meets the limits.
 
     When the shape does not fit at ``drops`` blocks, one more block is dropped
     until it does (with ``deepen`` and scores to rank blocks). Under counted
     limits that first fit already uses the budget; under measured ones a deeper
     plan may keep far wider layers, so deeper plans are tried until full widths
-    fit, and the plan with the most FLOPs wins (the shallowest on ties).
+    fit, and the plan with the most FLOPs wins (the shallowest on ties), or the
+    one ``rank`` puts highest when given.
 
     Returns:
         The plan, or None when no depth of the shape fits.
@@ -231,17 +240,26 @@ def fitted_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: 
         candidates.append(plan)
         if not fits.measured or not plan.keep:
             break
-    return max(candidates, key=fits.flops) if candidates else None
+    return max(candidates, key=rank or fits.flops) if candidates else None
 
 
 def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
                    scores: Mapping[str, ImportanceScores], target: float, fits: PlanFit,
-                   round_to: int, allow_block_removal: bool) -> list[tuple[str, PrunePlan]]:
+                   round_to: int, allow_block_removal: bool,
+                   probe: PlanProbe | None = None) -> list[tuple[str, PrunePlan]]:
+    rank = None
+    if probe is not None and fits.measured:
+        rank = _probe_rank(probe)
+        if allow_block_removal and blocks:
+            order = probe.block_order([block.name for block in blocks])
+            scores = {**scores, "probe": ImportanceScores(
+                "probe", {}, {group.name: 0.0 for group in groups},
+                {name: float(position) for position, name in enumerate(order)}, 0.0)}
     plans: list[tuple[str, PrunePlan]] = []
     for label, method_scores, drops, spread in _shapes(scores, len(blocks), target,
                                                        allow_block_removal):
         plan = fitted_plan(groups, blocks, fits, method_scores, drops, spread, round_to,
-                           deepen=allow_block_removal)
+                           deepen=allow_block_removal, rank=rank)
         if plan is not None:
             plans.append((f"{label}@{target:.2f}", plan))
     steps = {"steps": MEASURED_STEPS} if fits.measured else {}
@@ -250,15 +268,48 @@ def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
     if widest is not None:
         plans.insert(GLOBAL_POSITION, (f"global/magnitude@{target:.2f}", widest))
     if fits.measured:
-        # Every plan meets the limit; the one keeping the most computation is the best guess.
-        plans.sort(key=lambda labelled: -fits.flops(labelled[1]))
+        # Every plan meets the limit; the best guess is the one the probe rates best, else
+        # the one keeping the most computation.
+        plans.sort(key=lambda labelled: -(rank or fits.flops)(labelled[1]))
     return plans
+
+
+class PlanProbe:
+    """A training-free judge of plans (``models.probe``): the adaptive-BatchNorm loss of
+    the pruned network on the calibration split, memoised by architecture, and the
+    order a greedy elimination by that loss drops blocks in.
+
+    Args:
+        model: the unpruned network (never modified).
+        example_input: a batch of its input shape.
+        splits: the dataset; only its calibration split is read.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Tensor, splits: DataSplits) -> None:
+        self.model = model
+        self.example_input = example_input
+        self.splits = splits
+        self._losses: dict[str, float] = {}
+
+    def loss(self, plan: PrunePlan) -> float:
+        key = plan.fingerprint()
+        if key not in self._losses:
+            self._losses[key] = plan_loss(self.model, plan, self.example_input, self.splits)
+        return self._losses[key]
+
+    def block_order(self, blocks: Sequence[str]) -> list[str]:
+        return block_elimination_order(self.model, self.example_input, self.splits, blocks)
+
+
+def _probe_rank(probe: PlanProbe) -> Callable[[PrunePlan], float]:
+    return lambda plan: -probe.loss(plan)
 
 
 def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupInfo],
                blocks: Sequence[BlockInfo], scores: Mapping[str, ImportanceScores],
                target: SeedTarget | float | None, round_to: int = 1,
-               allow_block_removal: bool = True) -> list[tuple[str, PrunePlan]]:
+               allow_block_removal: bool = True,
+               probe: PlanProbe | None = None) -> list[tuple[str, PrunePlan]]:
     """Labelled plans to enqueue, best guesses first (see the module docstring).
 
     Args:
@@ -271,6 +322,9 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
             budget (fraction of the baseline's); None without limits.
         round_to: channel multiple of partial keep counts.
         allow_block_removal: whether warm-start plans may drop blocks.
+        probe: under a measured limit, adds the ``probe`` shape (blocks dropped in
+            the probe's elimination order) and picks depths and orders plans by
+            the probe's loss instead of by FLOPs. Ignored under counted limits.
     """
     if isinstance(target, float | int):
         baseline_flops = count_flops_params(model, tuple(example_input.shape[1:]))[0]
@@ -280,7 +334,7 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
         fits = PlanFit(model, example_input, target.limits, batch_size=target.batch_size,
                        baseline_latency_ms=target.baseline_latency_ms)
         return _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
-                              allow_block_removal)
+                              allow_block_removal, probe)
     counter = FlopsCounter(model, example_input)
     targets = flops_targets(target)
     plans: list[tuple[str, PrunePlan]] = []

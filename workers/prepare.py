@@ -11,7 +11,7 @@ from __future__ import annotations
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
 from search.objective import measure_baseline
-from search.seeding import seed_plans, target_ratio
+from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
 from search.storage import open_storage
 from search.study import enqueue_plans, open_study, study_name_for
@@ -55,7 +55,8 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
     plans = seed_plans(model, example, groups, space_blocks(space, blocks), scores,
                        target_ratio(spec.objective.constraints, baseline),
                        round_to=space.plan_round_to(),
-                       allow_block_removal=spec.search.allow_block_removal)
+                       allow_block_removal=spec.search.allow_block_removal,
+                       probe=PlanProbe(model, example, splits))
     name = study_name_for(job.id)
     study = open_study(open_storage(runtime.settings.optuna_url), name, spec)
     queued = enqueue_plans(study, space, plans)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from models.architectures import build_model
+from models.datasets import load_dataset
 from models.importance import ImportanceScores
 from models.measure import MIB, count_flops_params, model_bytes, peak_activation_bytes
 from models.plan import (
@@ -20,7 +21,14 @@ from models.plan import (
     removable_blocks,
 )
 from search.constraints import Limit
-from search.seeding import PlanFit, SeedTarget, fitted_plan, seed_plans, target_ratio
+from search.seeding import (
+    PlanFit,
+    PlanProbe,
+    SeedTarget,
+    fitted_plan,
+    seed_plans,
+    target_ratio,
+)
 from search.spec import Constraints
 from search.warm_start import shaped_plan
 
@@ -180,3 +188,22 @@ def test_under_a_measured_limit_plans_come_most_flops_first(network) -> None:  #
     kept = [_counts(model, plan, x)[0] for _, plan in plans]
     assert len(plans) >= 4 and kept == sorted(kept, reverse=True)
     assert {label.split("@")[0] for label, _ in plans} >= {"uniform", "global/magnitude"}
+
+
+def test_with_a_probe_measured_limits_rank_plans_by_its_loss(network) -> None:  # type: ignore[no-untyped-def]
+    model, x, groups, blocks = network
+    splits = load_dataset("digits", image_size=16, seed=0)
+    flops = count_flops_params(model, INPUT)[0]
+    memory = (model_bytes(model) + peak_activation_bytes(model, INPUT, 1, x.device)) / MIB
+    scores = {"attention": _scores("attention", groups, blocks, ORDER)}
+    target = target_ratio(Constraints(max_memory_ratio=0.6), {"flops": flops,
+                                                              "memory_mb": memory})
+    probe = PlanProbe(model, x, splits)
+
+    plans = seed_plans(model, x, groups, blocks, scores, target, round_to=4, probe=probe)
+
+    losses = [probe.loss(plan) for _, plan in plans]
+    assert losses == sorted(losses)
+    assert "probe" in {label.split("@")[0] for label, _ in plans}
+    counted = seed_plans(model, x, groups, blocks, scores, 0.5, round_to=4, probe=probe)
+    assert counted == seed_plans(model, x, groups, blocks, scores, 0.5, round_to=4)
