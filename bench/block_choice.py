@@ -12,11 +12,11 @@ warm-start scorer's plan would drop (its K least important blocks) are marked.
 It tells whether the scorers pick the right blocks, and what one block fewer
 dropped is worth.
 
-The ``bn_loss`` column is a training-free probe (EagleEye's adaptive BatchNorm,
-Li et al., ECCV 2020): the calibration split's cross-entropy after the pruned
-network's BatchNorm statistics are re-estimated on that split. Rows marked
-``probe`` are what a greedy elimination by that loss keeps (drop, one at a
-time, the block whose removal raises it least). Never part of the test suite.
+The ``bn_loss`` column is the training-free probe jobs use under a measured
+limit (``models.probe``, EagleEye's adaptive BatchNorm): the calibration
+split's cross-entropy after the pruned network's BatchNorm statistics are
+re-estimated on that split. Rows marked ``probe`` are what a greedy elimination
+by that loss keeps. Never part of the test suite.
 """
 
 from __future__ import annotations
@@ -31,48 +31,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn import functional
 
 from models.measure import latency_against
 from models.plan import PrunePlan, apply_plan
+from models.probe import adaptive_bn_loss, block_elimination_order
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.search_quality import Setup, make_spec, prepare, tune_and_score  # noqa: E402
-
-
-def adaptive_bn_loss(setup: Setup, model: nn.Module) -> float:
-    """Calibration cross-entropy after re-estimating BatchNorm statistics there (a copy)."""
-    probe = copy.deepcopy(model).train()
-    with torch.no_grad():
-        for module in probe.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None  # a cumulative average over the calibration batches
-        for images, _labels in setup.splits.loader("calibration", 256):
-            probe(images)
-        probe.eval()
-        total, count = 0.0, 0
-        for images, labels in setup.splits.loader("calibration", 256):
-            total += functional.cross_entropy(probe(images), labels, reduction="sum").item()
-            count += labels.shape[0]
-    return total / count
-
-
-def greedy_elimination(setup: Setup, names: list[str]) -> list[str]:
-    """Blocks in the order a greedy elimination by ``adaptive_bn_loss`` drops them."""
-    example = setup.splits.example_input()
-    dropped: list[str] = []
-
-    def loss(candidate: list[str]) -> float:
-        pruned = apply_plan(copy.deepcopy(setup.model), PrunePlan(drop_blocks=candidate), example)
-        return adaptive_bn_loss(setup, pruned)
-
-    while len(dropped) < len(names):
-        dropped.append(min((name for name in names if name not in dropped),
-                           key=lambda name: loss([*dropped, name])))
-    return dropped
+from bench.search_quality import make_spec, prepare, tune_and_score  # noqa: E402
 
 
 def main() -> None:
@@ -90,7 +56,7 @@ def main() -> None:
     ranked = {method: sorted(names, key=scores.block.__getitem__)
               for method, scores in setup.scores.items()}
     example = setup.splits.example_input()
-    ranked["probe"] = greedy_elimination(setup, names)
+    ranked["probe"] = block_elimination_order(setup.model, example, setup.splits, names)
     print(f"cifar_resnet20, digits 16x16, CPU; removable blocks {', '.join(names)}; "
           f"val accuracy over {args.seeds} fine-tune seeds of {spec.fine_tune.trial_epochs} "
           f"epochs")
@@ -109,7 +75,7 @@ def main() -> None:
             chosen = [method for method, order in ranked.items()
                       if set(order[:count]) == set(dropped)]
             rows.append((statistics.mean(values), max(values) - min(values), ratio, kept, chosen,
-                         adaptive_bn_loss(setup, model)))
+                         adaptive_bn_loss(model, setup.splits)))
         rows.sort(key=lambda row: -row[0])
         print(f"\n{count} dropped, full width: kept blocks, latency ratio, mean val %, "
               f"spread (max - min) over seeds, bn_loss")

@@ -42,18 +42,19 @@ def adaptive_bn_loss(model: nn.Module, splits: DataSplits) -> float:
         InvalidSpecError: the calibration split is empty.
     """
     device = next(model.parameters()).device
+    batches = _batches(splits)
     probe = copy.deepcopy(model).train()
     with torch.no_grad():
         for module in probe.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
                 module.momentum = None  # a cumulative average over the batches
-        for images, _labels in _batches(splits):
+        for images, _labels in batches:
             if images.shape[0] > 1:  # BatchNorm cannot train on a single sample
                 probe(images.to(device))
         probe.eval()
         total, count = 0.0, 0
-        for images, labels in _batches(splits):
+        for images, labels in batches:
             logits = probe(images.to(device))
             total += float(functional.cross_entropy(logits.float(), labels.to(device),
                                                     reduction="sum"))
