@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
@@ -41,7 +42,7 @@ from search.objective import (  # noqa: E402
     measure_baseline,
 )
 from search.result import search_result  # noqa: E402
-from search.seeding import seed_plans, target_ratio  # noqa: E402
+from search.seeding import PlanProbe, seed_plans, target_ratio  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
 from search.spec import JobSpec  # noqa: E402
 from search.storage import open_storage  # noqa: E402
@@ -80,13 +81,15 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     scores = {method: cached_score(ScoreCache(home / "scores"), model, splits, method, identity,
                                    groups, blocks) for method in spec.search.warm_start}
     space = SearchSpace.from_spec(groups, blocks, spec.search)
+    measured: dict[str, dict[str, Any]] = {}
     plans = seed_plans(model, example, groups, [b for b in blocks if b.name in space.blocks],
-                       scores, target_ratio(spec.objective.constraints, baseline),
+                       scores, target_ratio(spec.objective.constraints, baseline, spec.latency),
                        round_to=space.plan_round_to(),
-                       allow_block_removal=spec.search.allow_block_removal)
+                       allow_block_removal=spec.search.allow_block_removal,
+                       probe=PlanProbe(model, example, splits), measured=measured)
     storage = open_storage(optuna_url)
     study = open_study(storage, STUDY_NAME, spec)
-    enqueue_plans(study, space, plans)
+    enqueue_plans(study, space, plans, measured)
     prepared = time.perf_counter()
 
     factory = channel_chooser(spec.search.channel_importance, lambda method: scores.get(

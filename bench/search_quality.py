@@ -188,12 +188,15 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
     if warm:
         example = setup.splits.example_input()
         blocks = [b for b in setup.blocks if b.name in context.space.blocks]
+        measured: dict[str, dict[str, Any]] = {}
         plans = seed_plans(setup.model, example, setup.groups, blocks, setup.scores,
-                           target_ratio(spec.objective.constraints, setup.baseline),
+                           target_ratio(spec.objective.constraints, setup.baseline,
+                                        spec.latency),
                            round_to=context.space.plan_round_to(),
                            allow_block_removal=spec.search.allow_block_removal,
-                           probe=PlanProbe(setup.model, example, setup.splits))
-        enqueue_plans(study, context.space, plans)
+                           probe=PlanProbe(setup.model, example, setup.splits),
+                           measured=measured)
+        enqueue_plans(study, context.space, plans, measured)
     run_trials(study, Objective(context), spec)
     trials = sorted((t for t in study.get_trials(deepcopy=False)
                      if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.number)

@@ -16,7 +16,10 @@ more and keeps the faster result: other processes on a shared machine only
 ever make a timing slower, and one unlucky timing would otherwise discard a
 plan for good. Identical
 architectures reuse an earlier latency measurement (from this process or from
-any finished trial in the study, found by fingerprint).
+any finished trial in the study, found by fingerprint), and an enqueued
+warm-start plan reuses the side-by-side timing seeding sized it with
+(``SEEDED_LATENCY_ATTR``): timed again, a plan sized to the limit would miss it
+on every other timing and the best warm start would be lost.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from search.budget import claim_trial_slot
 from search.constraints import active_limits, is_feasible, violations
 from search.space import SearchSpace
 from search.spec import JobSpec
+from search.study import SEEDED_LATENCY_ATTR
 
 TrialCallback = Callable[[optuna.Trial, int, float], None]
 
@@ -138,10 +142,24 @@ def _latency(context: SearchContext, model: nn.Module) -> dict[str, float]:
                            warmup=timing.warmup, runs=timing.runs)
 
 
-def _cost(context: SearchContext, study: optuna.Study, model: nn.Module) -> dict[str, Any]:
+def _seeded_latency(trial: optuna.Trial, fingerprint: str) -> dict[str, float] | None:
+    """The latency seeding timed for this enqueued plan (``search.study.enqueue_plans``),
+    when the trial's network is the one seeding timed (same ``architecture_fingerprint``)."""
+    seeded = trial.user_attrs.get(SEEDED_LATENCY_ATTR)
+    if not isinstance(seeded, dict) or seeded.get("arch_fingerprint") != fingerprint:
+        return None
+    return {"latency_ms": float(seeded["latency_ms"]),
+            "latency_p90_ms": float(seeded["latency_p90_ms"])}
+
+
+def _cost(context: SearchContext, trial: optuna.Trial, model: nn.Module) -> dict[str, Any]:
     spec = context.spec
     fingerprint = architecture_fingerprint(model)
-    cached = _cached_latency(context, study, fingerprint)
+    cached = _cached_latency(context, trial.study, fingerprint)
+    seeded = cached is None and latency_counts(spec) and _seeded_latency(trial, fingerprint)
+    if seeded:
+        cached = seeded
+        context.latency_cache[fingerprint] = seeded
     side_by_side = latency_counts(spec) and not cached
     # The latency comes from the cache or a side-by-side timing: measure() then times
     # only a few passes of its own (FLOPs and memory still count).
@@ -157,7 +175,7 @@ def _cost(context: SearchContext, study: optuna.Study, model: nn.Module) -> dict
         context.latency_cache[fingerprint] = {"latency_ms": cost["latency_ms"],
                                               "latency_p90_ms": cost["latency_p90_ms"]}
     return {**cost, "flops": cost["macs"], "arch_fingerprint": fingerprint,
-            "latency_reused": cached is not None}
+            "latency_reused": cached is not None, "latency_seeded": bool(seeded)}
 
 
 def _time_again(context: SearchContext, model: nn.Module, record: dict[str, Any]) -> None:
@@ -201,7 +219,7 @@ class Objective:
         importance = context.importance_factory(model) if context.importance_factory else None
         apply_plan(model, plan, context.example_input(), importance=importance)
         trial.set_user_attr("worker", context.worker)
-        record: dict[str, Any] = {"plan": plan.to_dict(), **_cost(context, trial.study, model)}
+        record: dict[str, Any] = {"plan": plan.to_dict(), **_cost(context, trial, model)}
         record["violations"] = violations(self.limits, record)
         record["latency_retimed"] = self._only_latency_broken(record)
         if record["latency_retimed"]:

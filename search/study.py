@@ -9,7 +9,8 @@ spent, or when ``should_stop`` says the job was cancelled.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
@@ -23,6 +24,8 @@ from search.spec import JobSpec
 
 STARTED_AT_ATTR = "search_started_at"
 WARM_START_ATTR = "warm_start"
+#: An enqueued plan's latency as seeding timed it (reused by its trial).
+SEEDED_LATENCY_ATTR = "seeded_latency"
 
 
 class SearchError(TopiaryError):
@@ -51,8 +54,14 @@ def open_study(storage: BaseStorage, name: str, spec: JobSpec) -> optuna.Study:
 
 
 def enqueue_plans(study: optuna.Study, space: SearchSpace,
-                  plans: Sequence[tuple[str, PrunePlan]]) -> int:
+                  plans: Sequence[tuple[str, PrunePlan]],
+                  measured: Mapping[str, dict[str, Any]] | None = None) -> int:
     """Enqueue labelled plans as the first trials (skipping ones already queued).
+
+    ``measured`` (plan fingerprint -> ``latency_ms``, ``latency_p90_ms`` and the
+    network's ``arch_fingerprint``, from ``search.seeding.seed_plans``) travels with
+    a plan as its trial's ``SEEDED_LATENCY_ATTR``; the objective reuses it instead
+    of timing again when the trial builds that network.
 
     Returns:
         how many distinct plans are queued.
@@ -64,7 +73,10 @@ def enqueue_plans(study: optuna.Study, space: SearchSpace,
         if key in seen:
             continue
         seen.add(key)
-        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: label}, skip_if_exists=True)
+        attrs: dict[str, Any] = {WARM_START_ATTR: label}
+        if measured and plan.fingerprint() in measured:
+            attrs[SEEDED_LATENCY_ATTR] = dict(measured[plan.fingerprint()])
+        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
     return len(seen)
 
 

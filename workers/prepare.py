@@ -8,6 +8,8 @@ the study (enqueued plans are not queued twice) are all reused.
 
 from __future__ import annotations
 
+from typing import Any
+
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
 from search.objective import measure_baseline
@@ -52,14 +54,15 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
         runtime.event(run, "scores", f"{method} scores in {scores[method].seconds:.1f} s")
     space = SearchSpace.from_spec(groups, blocks, spec.search)
     runtime.phase(run, "creating the study and its warm-start trials")
+    measured: dict[str, dict[str, Any]] = {}
     plans = seed_plans(model, example, groups, space_blocks(space, blocks), scores,
-                       target_ratio(spec.objective.constraints, baseline),
+                       target_ratio(spec.objective.constraints, baseline, spec.latency),
                        round_to=space.plan_round_to(),
                        allow_block_removal=spec.search.allow_block_removal,
-                       probe=PlanProbe(model, example, splits))
+                       probe=PlanProbe(model, example, splits), measured=measured)
     name = study_name_for(job.id)
     study = open_study(open_storage(runtime.settings.optuna_url), name, spec)
-    queued = enqueue_plans(study, space, plans)
+    queued = enqueue_plans(study, space, plans, measured)
     set_study_name(runtime.engine, job.id, name)
     runtime.event(run, "warm_start", f"{queued} warm-start plans queued",
                   {"plans": [label for label, _ in plans]})

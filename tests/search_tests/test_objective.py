@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
-from models.plan import PrunePlan
+from models.importance import ImportanceScores
+from models.plan import PrunePlan, prunable_groups, removable_blocks
 from models.train import TrainConfig
 from search.budget import is_surplus
 from search.objective import Objective
 from search.result import search_result
+from search.seeding import seed_plans, target_ratio
 from search.storage import open_storage
-from search.study import enqueue_plans, open_study, run_trials
+from search.study import SEEDED_LATENCY_ATTR, enqueue_plans, open_study, run_trials
 from tests.search_tests.conftest import make_context, make_spec
 
 RECORDED = {"plan", "accuracy", "latency_ms", "latency_p90_ms", "memory_mb", "flops", "params",
@@ -201,3 +206,52 @@ def test_fine_tune_amp_follows_the_device_unless_the_spec_turns_it_off() -> None
     assert TrainConfig(epochs=1, device="cuda", **off).uses_amp() is False
     with pytest.raises(ValidationError, match="fine_tune.amp"):
         make_spec(fine_tune={"amp": "sometimes"})
+
+
+def test_warm_start_plans_keep_the_latency_seeding_timed_them_with(
+        tmp_path, baseline, baseline_metrics) -> None:
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.7}},
+                     search={"n_trials": 8}, fine_tune={"trial_epochs": 0})
+    context = make_context(baseline, baseline_metrics, spec)
+    x = baseline.splits.example_input()
+    blocks = removable_blocks(baseline.model, x)
+    groups = prunable_groups(baseline.model, x)
+    # A scorer's plans drop blocks: their trials list keep counts the seeding plan leaves
+    # out (groups inside dropped blocks), so only the network identifies them.
+    scores = {"pls": ImportanceScores(
+        "pls", {g.name: torch.arange(g.channels, dtype=torch.float32) for g in groups},
+        {g.name: float(index) for index, g in enumerate(groups)},
+        {b.name: float(index) for index, b in enumerate(blocks)}, 0.0)}
+    measured: dict[str, dict[str, Any]] = {}
+    plans = seed_plans(baseline.model, x, groups, blocks, scores,
+                       target_ratio(spec.objective.constraints, baseline_metrics, spec.latency),
+                       round_to=context.space.plan_round_to(), measured=measured)
+    assert set(measured) == {plan.fingerprint() for _, plan in plans}
+    assert any(plan.drop_blocks for _, plan in plans)
+    study = _study(tmp_path, spec)
+    queued = enqueue_plans(study, context.space, plans, measured)
+    run_trials(study, Objective(context), spec)
+
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    timed = {found["arch_fingerprint"]: found["latency_ms"] for found in measured.values()}
+    for trial in trials[:queued]:
+        assert trial.user_attrs["latency_seeded"] is True
+        assert trial.user_attrs["latency_ms"] == timed[trial.user_attrs["arch_fingerprint"]]
+        assert trial.user_attrs["feasible"] is True  # sized under the limit by that timing
+    assert all(trial.user_attrs["latency_seeded"] is False for trial in trials[queued:])
+
+
+def test_a_seeded_latency_of_another_plan_is_not_used(tmp_path, baseline,
+                                                      baseline_metrics) -> None:
+    spec = make_spec(objective={"constraints": {"max_latency_ms": 1e-6}},
+                     search={"n_trials": 1}, fine_tune={"trial_epochs": 0})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = _study(tmp_path, spec)
+    plan = PrunePlan(keep={g.name: 8 for g in context.space.groups})
+    seeded = {"latency_ms": 1e-7, "latency_p90_ms": 1e-7, "arch_fingerprint": "another"}
+    study.enqueue_trial(context.space.params_for(plan.keep, []),
+                        user_attrs={SEEDED_LATENCY_ATTR: seeded})
+    run_trials(study, Objective(context), spec)
+    [trial] = study.get_trials(states=(TrialState.COMPLETE,))
+    assert trial.user_attrs["latency_seeded"] is False
+    assert trial.user_attrs["feasible"] is False  # timed for real: no network runs in 1 ns
