@@ -156,10 +156,9 @@ def _cost(context: SearchContext, trial: optuna.Trial, model: nn.Module) -> dict
     spec = context.spec
     fingerprint = architecture_fingerprint(model)
     cached = _cached_latency(context, trial.study, fingerprint)
-    seeded = cached is None and latency_counts(spec) and _seeded_latency(trial, fingerprint)
-    if seeded:
-        cached = seeded
-        context.latency_cache[fingerprint] = seeded
+    seeded = _seeded_latency(trial, fingerprint) if cached is None else None
+    if seeded is not None:
+        cached = context.latency_cache[fingerprint] = seeded
     side_by_side = latency_counts(spec) and not cached
     # The latency comes from the cache or a side-by-side timing: measure() then times
     # only a few passes of its own (FLOPs and memory still count).
@@ -175,7 +174,7 @@ def _cost(context: SearchContext, trial: optuna.Trial, model: nn.Module) -> dict
         context.latency_cache[fingerprint] = {"latency_ms": cost["latency_ms"],
                                               "latency_p90_ms": cost["latency_p90_ms"]}
     return {**cost, "flops": cost["macs"], "arch_fingerprint": fingerprint,
-            "latency_reused": cached is not None, "latency_seeded": bool(seeded)}
+            "latency_reused": cached is not None, "latency_seeded": seeded is not None}
 
 
 def _time_again(context: SearchContext, model: nn.Module, record: dict[str, Any]) -> None:

@@ -228,11 +228,10 @@ class PlanFit:
         return {"latency_ms": record["latency_ms"], "latency_p90_ms": record["latency_p90_ms"],
                 "arch_fingerprint": self._architectures[key]}
 
-    def _missed(self, record: Mapping[str, float]) -> list[Limit]:
+    def _missed(self, record: dict[str, float]) -> list[Limit]:
         """The limits ``record`` misses (measured ones: by less than ``margin`` under)."""
         return [limit for limit in self.limits
-                if limit.violation(dict(record)) > (0.0 if limit.metric in _COUNTED
-                                                    else -self.margin)]
+                if limit.violation(record) > (0.0 if limit.metric in _COUNTED else -self.margin)]
 
     def _latency(self, pruned: nn.Module, shape: tuple[int, ...], device: Any) -> dict[str, float]:
         timing = {"batch_size": self.batch_size, "warmup": self.warmup, "runs": self.runs}
@@ -268,15 +267,6 @@ def _shapes(scores: Mapping[str, ImportanceScores], blocks: int, target: float,
     shapes += [(f"{method}/wide", method_scores, 0, WIDE_SPREAD)
                for method, method_scores in scores.items()]
     return shapes
-
-
-def fitted_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
-                scores: ImportanceScores | None, drops: int, spread: float = 0.0,
-                round_to: int = 1, deepen: bool = True,
-                rank: Callable[[PrunePlan], float] | None = None) -> PrunePlan | None:
-    """The best of ``fitted_plans`` (None when no depth of the shape fits)."""
-    plans = fitted_plans(groups, blocks, fits, scores, drops, spread, round_to, deepen, rank)
-    return plans[0] if plans else None
 
 
 def fitted_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,

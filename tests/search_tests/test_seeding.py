@@ -28,7 +28,7 @@ from search.seeding import (
     PlanFit,
     PlanProbe,
     SeedTarget,
-    fitted_plan,
+    fitted_plans,
     seed_plans,
     target_ratio,
 )
@@ -170,7 +170,7 @@ def test_under_a_measured_limit_a_deeper_plan_may_keep_more(network) -> None:  #
     scores = _scores("pls", groups, blocks, ORDER)  # layer3.1 (heavy weights) goes first
 
     shallow = shaped_plan(groups, blocks, fit, scores, drops=0, round_to=4)
-    chosen = fitted_plan(groups, blocks, fit, scores, drops=0, round_to=4)
+    chosen = fitted_plans(groups, blocks, fit, scores, drops=0, round_to=4)[0]
 
     assert shallow is not None and chosen is not None and fit(chosen)
     assert chosen.drop_blocks == ORDER[:1]  # dropping it frees room for wider layers
