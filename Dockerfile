@@ -14,18 +14,20 @@ WORKDIR /app
 # Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
 # Empty stand-ins for the packages let pip resolve the project without its sources.
 COPY pyproject.toml README.md ./
-RUN for package in models search workers service; do \
+RUN for package in core models search workers service cli; do \
         mkdir -p "$package" && touch "$package/__init__.py"; \
     done \
     && pip install . \
     && pip uninstall -y topiary \
-    && rm -rf models search workers service build *.egg-info
+    && rm -rf core models search workers service cli build *.egg-info
 
 # The project, without touching the dependencies installed above.
+COPY core ./core
 COPY models ./models
 COPY search ./search
 COPY workers ./workers
 COPY service ./service
+COPY cli ./cli
 COPY alembic.ini ./
 RUN pip install --no-deps . && pip check
 

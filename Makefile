@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy models search workers service
+	$(BIN)/mypy core models search workers service cli
 
 clean:
 	rm -rf $(VENV) .topiary

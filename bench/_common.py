@@ -105,7 +105,7 @@ def free_port() -> int:
 @contextmanager
 def api_server(environment: dict[str, str], log_path: Path,
                startup_seconds: float = 60.0) -> Iterator[tuple[int, int]]:
-    """``python -m service.cli serve`` on a free loopback port, ready (``/readyz``) on yield.
+    """``python -m cli.main serve`` on a free loopback port, ready (``/readyz``) on yield.
 
     Args:
         environment: the server's environment (``TOPIARY_*`` settings).
@@ -117,7 +117,7 @@ def api_server(environment: dict[str, str], log_path: Path,
     """
     port = free_port()
     with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port",
+        server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port",
                                    str(port)], cwd=REPOSITORY, env=environment,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

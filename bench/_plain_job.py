@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPOSITORY))
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from core.spec import JobSpec  # noqa: E402
 from models.checkpoints import sha256_file  # noqa: E402
 from models.datasets import load_dataset  # noqa: E402
 from models.export import export_onnx, export_torchscript, save_pruned  # noqa: E402
@@ -32,7 +33,7 @@ from models.importance import (  # noqa: E402
     cached_score,
     dataset_identity,
 )
-from models.measure import measure  # noqa: E402
+from models.measure import measure_model  # noqa: E402
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks  # noqa: E402
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline  # noqa: E402
 from search.objective import (  # noqa: E402
@@ -44,7 +45,6 @@ from search.objective import (  # noqa: E402
 from search.result import search_result  # noqa: E402
 from search.seeding import PlanProbe, seed_plans, target_ratio  # noqa: E402
 from search.space import SearchSpace  # noqa: E402
-from search.spec import JobSpec  # noqa: E402
 from search.storage import open_storage  # noqa: E402
 from search.study import enqueue_plans, open_study, run_trials  # noqa: E402
 
@@ -108,7 +108,7 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     fine_tune(pruned, splits, tuning.final_epochs, teacher=model if tuning.distill else None,
               learning_rate=tuning.learning_rate, batch_size=tuning.batch_size,
               label_smoothing=tuning.label_smoothing, seed=spec.seed, device="cpu")
-    metrics = {**measure(pruned, splits.input_shape, device="cpu",
+    metrics = {**measure_model(pruned, splits.input_shape, device="cpu",
                          batch_size=spec.latency.batch_size, warmup=spec.latency.warmup,
                          runs=spec.latency.runs).to_dict(),
                "accuracy": evaluate(pruned, splits, split="val"),

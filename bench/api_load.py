@@ -1,6 +1,6 @@
 """Load test of the REST API: p50 / p99 latency and throughput on SQLite and PostgreSQL.
 
-Starts the real server (``python -m service.cli serve``, uvicorn on loopback) in a
+Starts the real server (``python -m cli.main serve``, uvicorn on loopback) in a
 subprocess for each backend (on PostgreSQL once per ``--processes`` count), seeds a
 few hundred jobs of 100 tenants (submissions rotate over their keys: the tenant row
 lock and the active-job count are per tenant, as with many users), then measures
@@ -41,7 +41,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
 from bench._common import process_cpu_seconds  # noqa: E402
-from search.spec import JobSpec  # noqa: E402
+from core.spec import JobSpec  # noqa: E402
 from service.db import create_engine_for, migrate, session_scope  # noqa: E402
 from service.jobs import submit_job  # noqa: E402
 from service.tenants import create_api_key  # noqa: E402
@@ -169,7 +169,7 @@ def _server(url: str, home: Path, processes: int = 1) -> Iterator[tuple[int, int
     environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_DATABASE_URL": url,
                    "TOPIARY_MAX_CONCURRENT_JOBS_PER_TENANT": str(10**9)}
     log = (home / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port",
+    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port",
                                str(port), "--processes", str(processes)],
                               cwd=REPOSITORY, env=environment,
                               stdout=log, stderr=log)

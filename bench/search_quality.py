@@ -52,6 +52,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from core.spec import JobSpec
 from models.datasets import DataSplits, load_dataset
 from models.groups import final_classifier
 from models.importance import (
@@ -61,14 +62,13 @@ from models.importance import (
     cached_score,
     dataset_identity,
 )
-from models.measure import latency_against, measure
+from models.measure import latency_against, measure_model
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
 from search.constraints import active_limits, is_feasible, violations
 from search.objective import Objective, SearchContext, measure_baseline
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
-from search.spec import JobSpec
 from search.storage import open_storage, silence_optuna_logs
 from search.study import WARM_START_ATTR, enqueue_plans, open_study, run_trials
 
@@ -166,7 +166,7 @@ def tune_and_score(model: nn.Module, setup: Setup, spec: JobSpec, seed: int) -> 
 
 def _ratios(model: nn.Module, setup: Setup, spec: JobSpec) -> dict[str, float]:
     """FLOPs and latency ratios, latency timed side by side with the baseline as trials do."""
-    cost = measure(model, setup.splits.input_shape, "cpu", spec.latency.batch_size, 0,
+    cost = measure_model(model, setup.splits.input_shape, "cpu", spec.latency.batch_size, 0,
                    3).to_dict()
     cost.update(latency_against(setup.model, model, setup.splits.input_shape, "cpu",
                                 setup.baseline["latency_ms"], spec.latency.batch_size,

@@ -56,8 +56,8 @@ from bench._common import (  # noqa: E402
     wait_until_terminal,
 )
 from bench._worker_profile import profile_table  # noqa: E402
+from core.spec import JobSpec  # noqa: E402
 from search.budget import FINISHED, is_surplus  # noqa: E402
-from search.spec import JobSpec  # noqa: E402
 from service.db import create_engine_for  # noqa: E402
 from service.jobs import count_live_workers, get_job, list_events, submit_job  # noqa: E402
 from service.tenants import create_api_key, get_or_create_tenant  # noqa: E402

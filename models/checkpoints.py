@@ -28,7 +28,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from models.errors import CheckpointError, UnsafeCheckpointError
+from core.errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     "WeightsSource",

@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.nn import functional
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from models.catalog import DATASETS
-from models.errors import DatasetError, InvalidSpecError
+from core.catalog import DATASETS
+from core.errors import DatasetError, InvalidSpecError
 
 # CIFAR channel statistics (used for every torchvision-read dataset).
 _MEAN = (0.4914, 0.4822, 0.4465)

@@ -24,6 +24,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from core.errors import CheckpointError, ExportError
 from models.architectures import build_model
 from models.checkpoints import (
     atomic_destination,
@@ -32,7 +33,6 @@ from models.checkpoints import (
     sha256_file,
     state_dict_for_saving,
 )
-from models.errors import CheckpointError, ExportError
 from models.plan import PrunePlan, apply_plan
 
 __all__ = [

@@ -33,7 +33,7 @@ import torch
 from ptflops import get_model_complexity_info
 from torch import Tensor, nn
 
-from models.errors import InvalidSpecError, TopiaryError
+from core.errors import InvalidSpecError, TopiaryError
 from models.groups import eval_mode
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
     "LatencyResult",
     "Measurement",
     "count_flops_params",
-    "measure",
+    "measure_model",
     "measure_latency",
     "compare_latency",
     "latency_against",
@@ -451,13 +451,14 @@ def _memory_parts_mb(model: nn.Module, input_shape: tuple[int, ...], batch_size:
 
 def memory_mb(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 1,
               device: str | torch.device = "cpu") -> float:
-    """``measure(...).memory_mb`` alone: weights plus peak activations at ``batch_size``, MiB."""
+    """``measure_model(...).memory_mb`` alone: weights plus peak activations, MiB."""
     return sum(_memory_parts_mb(model, input_shape, batch_size, resolve_device(device)))
 
 
-def measure(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device = "cpu",
-            batch_size: int = 1, warmup: int = 5, runs: int = 30,
-            threads: int | None = None) -> Measurement:
+def measure_model(model: nn.Module, input_shape: tuple[int, ...],
+                  device: str | torch.device = "cpu", batch_size: int = 1,
+                  warmup: int = 5, runs: int = 30,
+                  threads: int | None = None) -> Measurement:
     """MACs, parameters, memory and latency of ``model`` in one record.
 
     The model ends where it started: same device, same train/eval mode, same

@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from models.errors import InvalidPlanError, TopiaryError
+from core.errors import InvalidPlanError, TopiaryError
 from models.groups import (
     BlockInfo,
     GroupInfo,

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional
 from torch.utils.data import DataLoader
 
+from core.errors import InvalidSpecError, TrainingCancelled, TrainingDivergedError
 from models.architectures import build_model
 from models.datasets import DataSplits
-from models.errors import InvalidSpecError, TrainingCancelled, TrainingDivergedError
 
 __all__ = [
     "EpochCallback",
@@ -35,7 +35,7 @@ __all__ = [
     "distillation_loss",
     "evaluate",
     "fine_tune",
-    "train",
+    "train_model",
     "train_baseline",
 ]
 
@@ -199,7 +199,7 @@ def _rng_devices(device: torch.device) -> list[int]:
     return [device.index if device.index is not None else torch.cuda.current_device()]
 
 
-def train(model: nn.Module, splits: DataSplits, config: TrainConfig,
+def train_model(model: nn.Module, splits: DataSplits, config: TrainConfig,
           callback: EpochCallback | None = None, teacher: nn.Module | None = None,
           eval_split: str | None = "val",
           cancel_event: threading.Event | None = None) -> dict[str, list[float]]:
@@ -302,7 +302,7 @@ def fine_tune(model: nn.Module, splits: DataSplits, epochs: int,
         raise InvalidSpecError(f"unknown training settings {unknown}; known: {sorted(known)}")
     settings = {"learning_rate": FINE_TUNE_LEARNING_RATE, **overrides}
     config = TrainConfig(epochs=epochs, **settings)
-    return train(model, splits, config, callback=callback, teacher=teacher,
+    return train_model(model, splits, config, callback=callback, teacher=teacher,
                  eval_split=eval_split, cancel_event=cancel_event)
 
 
@@ -388,7 +388,7 @@ def train_baseline(arch: str, arch_arguments: dict[str, Any], splits: DataSplits
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = build_model(arch, **arguments)
-    history = train(model, splits, config, callback=callback,
+    history = train_model(model, splits, config, callback=callback,
                     eval_split=eval_split, cancel_event=cancel_event)
     model.training_history = history  # type: ignore[assignment]
     return model

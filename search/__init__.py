@@ -1,1 +1,1 @@
-"""Optuna search over prune plans. ``search.spec`` is torch-free (the API uses it)."""
+"""Optuna search over prune plans. ``core.spec`` is torch-free (the API uses it)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from search.spec import Constraints
+from core.spec import Constraints
 
 # constraint field -> (metric key in a trial's record, is it a ratio of the baseline?)
 _LIMITS: dict[str, tuple[str, bool]] = {

@@ -36,15 +36,15 @@ import optuna
 import torch
 from torch import nn
 
+from core.spec import JobSpec
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
-from models.measure import latency_against, measure
+from models.measure import latency_against, measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
 from search.budget import claim_trial_slot
 from search.constraints import active_limits, is_feasible, violations
 from search.space import SearchSpace
-from search.spec import JobSpec
 from search.study import SEEDED_LATENCY_ATTR
 
 TrialCallback = Callable[[optuna.Trial, int, float], None]
@@ -101,8 +101,9 @@ def channel_chooser(method: str, load_scores: Callable[[str], ImportanceScores]
 def measure_baseline(model: nn.Module, splits: DataSplits, spec: JobSpec,
                      device: str = "cpu") -> dict[str, Any]:
     """Accuracy and costs of the unpruned network, the reference for every ratio."""
-    cost = measure(model, splits.input_shape, device=device, batch_size=spec.latency.batch_size,
-                   warmup=spec.latency.warmup, runs=spec.latency.runs).to_dict()
+    cost = measure_model(model, splits.input_shape, device=device,
+                         batch_size=spec.latency.batch_size, warmup=spec.latency.warmup,
+                         runs=spec.latency.runs).to_dict()
     return {**cost, "flops": cost["macs"],
             "accuracy": evaluate(model, splits, split="val", device=device)}
 
@@ -160,10 +161,10 @@ def _cost(context: SearchContext, trial: optuna.Trial, model: nn.Module) -> dict
     if seeded is not None:
         cached = context.latency_cache[fingerprint] = seeded
     side_by_side = latency_counts(spec) and not cached
-    # The latency comes from the cache or a side-by-side timing: measure() then times
+    # The latency comes from the cache or a side-by-side timing: measure_model() then times
     # only a few passes of its own (FLOPs and memory still count).
     quick = cached or side_by_side
-    cost = measure(model, context.splits.input_shape, device=context.device,
+    cost = measure_model(model, context.splits.input_shape, device=context.device,
                    batch_size=spec.latency.batch_size, warmup=0 if quick else spec.latency.warmup,
                    runs=3 if quick else spec.latency.runs).to_dict()
     if cached:

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 
 
 @dataclass

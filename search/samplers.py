@@ -8,7 +8,7 @@ import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GPSampler, NSGAIISampler, RandomSampler, TPESampler
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 
 
 def make_sampler(spec: JobSpec, n_startup_trials: int | None = None) -> BaseSampler:

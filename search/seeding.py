@@ -59,6 +59,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from core.spec import Constraints, LatencySpec
 from models.datasets import DataSplits
 from models.importance import ImportanceScores
 from models.measure import count_flops_params, latency_against, measure_latency, memory_mb
@@ -66,7 +67,6 @@ from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
 from models.probe import block_elimination_order, plan_loss
 from search.constraints import Limit, active_limits
 from search.objective import architecture_fingerprint
-from search.spec import Constraints, LatencySpec
 from search.warm_start import (
     FlopsCounter,
     global_magnitude_plan,

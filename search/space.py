@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from core.spec import SearchSpec
 from models.groups import min_keep_for
-from search.spec import SearchSpec
 
 KEEP_PREFIX = "keep:"
 RATIO_PREFIX = "ratio:"

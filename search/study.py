@@ -15,12 +15,12 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
-from models.errors import TopiaryError, TrainingCancelled
+from core.errors import TopiaryError, TrainingCancelled
+from core.spec import JobSpec
 from models.plan import PrunePlan
 from search.budget import SurplusTrial, budget_reached, budget_taken, fail_stale_trials
 from search.samplers import directions, make_pruner, make_sampler
 from search.space import SearchSpace
-from search.spec import JobSpec
 
 STARTED_AT_ATTR = "search_started_at"
 WARM_START_ATTR = "warm_start"

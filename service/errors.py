@@ -1,4 +1,4 @@
-"""Errors of the job service, all under ``models.errors.TopiaryError``.
+"""Errors of the job service, all under ``core.errors.TopiaryError``.
 
 The API maps each class to one HTTP status in a single handler
 (``service.api.errors``); workers see the same classes from ``service.jobs``.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.errors import CheckpointError, InvalidSpecError, TopiaryError
+from core.errors import CheckpointError, InvalidSpecError, TopiaryError
 
 
 class ConfigurationError(TopiaryError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.errors import UnsafeCheckpointError
+from core.errors import UnsafeCheckpointError
 from service.errors import InvalidUploadError
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024

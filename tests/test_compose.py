@@ -146,7 +146,8 @@ def test_dockerfile_installs_the_project_with_pyprojects_pins() -> None:
     assert base is not None
     minimum = re.search(r"(\d+)\.(\d+)", project["project"]["requires-python"])
     assert (int(base[1]), int(base[2])) >= (int(minimum[1]), int(minimum[2]))
-    for package in ("models", "search", "workers", "service"):
+    for package in (name.rstrip("*") for name in
+                    project["tool"]["setuptools"]["packages"]["find"]["include"]):
         assert re.search(rf"^COPY {package} ", dockerfile, re.MULTILINE), package
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".topiary" in ignored and ".env" in ignored

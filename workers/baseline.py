@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from core.errors import CheckpointError
+from core.spec import JobSpec
 from models import build_model
 from models.checkpoints import load_weights, save_weights
 from models.datasets import DataSplits
-from models.errors import CheckpointError
 from models.train import TrainConfig, train_baseline
-from search.spec import JobSpec
 from service.jobs import upload_path
 from workers.runtime import JobRun, WorkerRuntime
 

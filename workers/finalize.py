@@ -15,7 +15,7 @@ from typing import Any
 
 from models.checkpoints import sha256_file
 from models.export import export_onnx, export_torchscript, save_pruned
-from models.measure import compare_latency, measure
+from models.measure import compare_latency, measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
 from search.result import search_result
@@ -86,8 +86,8 @@ def _final_metrics(runtime: WorkerRuntime, run: JobRun, context: Any, model: Any
     spec, device = run.spec, runtime.device.name
     # Latency is timed once, side by side with the unpruned network (passes alternate):
     # the baseline's own latency was timed while preparing, under whatever load was then.
-    # measure() contributes everything else, so it times a single pass.
-    cost = measure(model, context.splits.input_shape, device=device,
+    # measure_model() contributes everything else, so it times a single pass.
+    cost = measure_model(model, context.splits.input_shape, device=device,
                    batch_size=spec.latency.batch_size, warmup=0, runs=1).to_dict()
     reference, timed = compare_latency(context.model, model, context.splits.input_shape, device,
                                        batch_size=spec.latency.batch_size,

@@ -8,8 +8,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from core.spec import JobSpec
 from search.budget import is_surplus
-from search.spec import JobSpec
 from search.study import STARTED_AT_ATTR
 
 _METRICS = ("accuracy", "latency_ms", "latency_p90_ms", "memory_mb", "flops", "params")

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from core.spec import JobSpec, resolve_data_root
 from models.datasets import DataSplits, load_dataset
-from search.spec import JobSpec, resolve_data_root
 from service.config import Settings
 from service.jobs import ClaimedJob, append_event, set_phase
 from workers.device import WorkerDevice

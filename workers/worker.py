@@ -17,7 +17,7 @@ from types import FrameType
 
 import torch
 
-from models.errors import TopiaryError, TrainingCancelled
+from core.errors import TopiaryError, TrainingCancelled
 from service.config import Settings
 from service.db import create_engine_for
 from service.errors import InvalidTransitionError

@@ -11,8 +11,8 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
 from torchvision.models.resnet import Bottleneck
 
-from models.catalog import ARCHITECTURES, PLUGIN_GROUP
-from models.errors import InvalidSpecError, UnknownArchitectureError
+from core.catalog import ARCHITECTURES, PLUGIN_GROUP
+from core.errors import InvalidSpecError, UnknownArchitectureError
 
 from .cifar_resnet import BasicBlock as CifarBasicBlock
 from .cifar_resnet import CifarResNet
@@ -41,7 +41,7 @@ def build_model(arch: str, **arguments: Any) -> nn.Module:
     """Build a freshly initialised network from the registry.
 
     Args:
-        arch: a name from ``models.catalog.ARCHITECTURES`` or an installed plugin.
+        arch: a name from ``core.catalog.ARCHITECTURES`` or an installed plugin.
         **arguments: the builder's keyword arguments (``num_classes``, ...).
 
     Raises:

@@ -33,8 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
+from core.errors import InvalidSpecError
 from models.datasets import DataSplits
-from models.errors import InvalidSpecError
 
 from .base import calibration_batches
 from .targets import ScoringTargets, frozen_eval

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.errors import InvalidSpecError
 from models.datasets import DataSplits
-from models.errors import InvalidSpecError
 
 #: The scoring methods ``models.importance.score`` knows.
 METHODS = ("attention", "pls", "magnitude", "taylor")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import TopiaryError
 from models.datasets import DataSplits
-from models.errors import TopiaryError
 
 from .base import ImportanceScores
 from .scoring import resolve_settings, score

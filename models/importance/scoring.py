@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from core.errors import InvalidSpecError
 from models.datasets import DataSplits
-from models.errors import InvalidSpecError
 
 from . import attention, magnitude, pls
 from .base import METHODS, ImportanceScores, check_settings

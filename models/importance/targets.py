@@ -18,7 +18,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from models.errors import InvalidSpecError
+from core.errors import InvalidSpecError
 from models.groups import build_dependency_graph, prunable_groups, removable_blocks
 
 

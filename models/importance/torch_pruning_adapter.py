@@ -8,7 +8,7 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from models.errors import InvalidPlanError
+from core.errors import InvalidPlanError
 
 from .base import ImportanceScores
 

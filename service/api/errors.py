@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from models.errors import CheckpointError, InvalidSpecError, TopiaryError
+from core.errors import CheckpointError, InvalidSpecError, TopiaryError
 from service.errors import (
     AuthenticationError,
     ConfigurationError,

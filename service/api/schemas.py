@@ -7,13 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 from service.db import utcnow
 from service.jobs import JobStatus
 from service.tables import Artifact, Event, Job, WeightsUpload
 from service.trials import TrialSummary
 
-# The body of POST /v1/jobs is the job spec itself (search.spec.JobSpec).
+# The body of POST /v1/jobs is the job spec itself (core.spec.JobSpec).
 JobCreate = JobSpec
 
 

@@ -8,8 +8,8 @@ from typing import Any, cast
 from sqlalchemy import Engine, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from models.errors import InvalidSpecError
-from search.spec import JobSpec, resolve_data_root
+from core.errors import InvalidSpecError
+from core.spec import JobSpec, resolve_data_root
 from service.db import use_session, utcnow, write_connection
 from service.errors import SpecValidationError, TooManyJobsError
 from service.jobs._state import ACTIVE_STATUSES, JobStatus

@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from core.errors import CheckpointError, UnsafeCheckpointError
 from models.architectures import build_model
 from models.checkpoints import (
     atomic_destination,
@@ -19,7 +20,6 @@ from models.checkpoints import (
     save_weights,
     sha256_file,
 )
-from models.errors import CheckpointError, UnsafeCheckpointError
 
 
 def _resnet(seed: int = 0, **arguments: int) -> torch.nn.Module:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.errors import DatasetError, InvalidSpecError
 from models import load_dataset
-from models.errors import DatasetError, InvalidSpecError
 
 
 def test_digits_splits_are_disjoint_deterministic_and_sized() -> None:

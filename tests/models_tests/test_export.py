@@ -11,10 +11,10 @@ import safetensors.torch
 import torch
 from torch.utils.data import Subset
 
+from core.errors import CheckpointError
 from models.architectures import build_model
 from models.checkpoints import save_weights, sha256_file
 from models.datasets import DataSplits, load_dataset
-from models.errors import CheckpointError
 from models.export import (
     FORMAT_VERSION,
     export_onnx,
@@ -24,7 +24,7 @@ from models.export import (
     save_pruned,
 )
 from models.plan import PrunePlan, apply_plan
-from models.train import TrainConfig, fine_tune, train
+from models.train import TrainConfig, fine_tune, train_model
 
 INPUT_SHAPE = (3, 16, 16)
 ARCH_ARGUMENTS = {"num_classes": 10, "width": 16}
@@ -49,7 +49,7 @@ def pruned(digits: DataSplits) -> torch.nn.Module:
     """cifar_resnet20 trained a little, pruned by PLAN, fine-tuned a little."""
     torch.manual_seed(0)
     model = build_model("cifar_resnet20", **ARCH_ARGUMENTS)
-    train(model, digits, TrainConfig(epochs=1, learning_rate=0.05), eval_split=None)
+    train_model(model, digits, TrainConfig(epochs=1, learning_rate=0.05), eval_split=None)
     apply_plan(model, PLAN, torch.zeros(1, *INPUT_SHAPE))
     fine_tune(model, digits, 1, eval_split=None)
     return model.eval()

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import InvalidPlanError, InvalidSpecError
 from models.architectures import build_model
 from models.datasets import DataSplits, load_dataset
-from models.errors import InvalidPlanError, InvalidSpecError
 from models.importance import (
     METHODS,
     ImportanceScores,

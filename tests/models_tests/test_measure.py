@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import InvalidSpecError
 from models import apply_plan, build_model, prunable_groups
-from models.errors import InvalidSpecError
 from models.measure import (
     DeviceUnavailableError,
     compare_latency,
     count_flops_params,
-    measure,
     measure_latency,
+    measure_model,
     memory_mb,
     model_bytes,
     peak_activation_bytes,
@@ -144,7 +144,7 @@ def test_latency_refuses_nonsense_settings() -> None:
 
 def test_measure_records_everything_and_leaves_the_model_in_place() -> None:
     model = build_model("cifar_resnet20").train()
-    result = measure(model, (3, 16, 16), device="auto", batch_size=4, warmup=1, runs=5)
+    result = measure_model(model, (3, 16, 16), device="auto", batch_size=4, warmup=1, runs=5)
     assert (result.macs, result.params) == count_flops_params(model, (3, 16, 16))
     assert result.model_mb == pytest.approx(model_bytes(model) / 2**20)
     assert result.peak_activation_mb > 0
@@ -175,7 +175,7 @@ def test_resolve_device() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_measurement_uses_the_gpu_and_moves_the_model_back() -> None:
     model = build_model("cifar_resnet20")
-    result = measure(model, (3, 16, 16), device="cuda", batch_size=16, warmup=2, runs=5)
+    result = measure_model(model, (3, 16, 16), device="cuda", batch_size=16, warmup=2, runs=5)
     assert result.device_type == "cuda" and result.peak_activation_mb > 0
     assert 0 < result.latency_ms <= result.latency_p90_ms
     assert next(model.parameters()).device.type == "cpu"

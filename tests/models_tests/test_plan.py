@@ -9,8 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from core.errors import InvalidPlanError
 from models import apply_plan, build_model, prunable_groups
-from models.errors import InvalidPlanError
 from models.plan import PrunePlan, removable_blocks
 
 

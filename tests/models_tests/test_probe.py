@@ -16,7 +16,7 @@ from models.datasets import DataSplits, load_dataset
 from models.importance.base import calibration_batches
 from models.plan import PrunePlan, apply_plan, removable_blocks
 from models.probe import adaptive_bn_loss, block_elimination_order, plan_loss
-from models.train import TrainConfig, train
+from models.train import TrainConfig, train_model
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def trained() -> tuple[torch.nn.Module, DataSplits]:
     splits = dataclasses.replace(splits, train=Subset(splits.train, range(512)))
     torch.manual_seed(0)
     model = build_model("cifar_resnet20")
-    train(model, splits, TrainConfig(epochs=2, learning_rate=0.05), eval_split=None)
+    train_model(model, splits, TrainConfig(epochs=2, learning_rate=0.05), eval_split=None)
     return model.eval(), splits
 
 

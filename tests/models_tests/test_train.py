@@ -10,16 +10,16 @@ import torch
 from torch.nn import functional
 from torch.utils.data import DataLoader, Subset
 
+from core.errors import InvalidSpecError, TrainingCancelled
 from models.architectures import build_model
 from models.datasets import DataSplits, load_dataset
-from models.errors import InvalidSpecError, TrainingCancelled
 from models.train import (
     TrainConfig,
     distillation_loss,
     evaluate,
     fine_tune,
-    train,
     train_baseline,
+    train_model,
 )
 
 
@@ -81,13 +81,13 @@ def test_train_leaves_the_global_random_state_alone(small_digits: DataSplits) ->
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train(model, small_digits, TrainConfig(epochs=1), eval_split=None)
+    train_model(model, small_digits, TrainConfig(epochs=1), eval_split=None)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_callback_sees_every_epoch_with_its_metrics(small_digits: DataSplits) -> None:
     calls: list[tuple[int, dict[str, float]]] = []
-    history = train(_fresh_resnet(), small_digits, TrainConfig(epochs=3),
+    history = train_model(_fresh_resnet(), small_digits, TrainConfig(epochs=3),
                     callback=lambda epoch, metrics: calls.append((epoch, metrics)))
     assert [epoch for epoch, _ in calls] == [1, 2, 3]
     for epoch, metrics in calls:
@@ -110,7 +110,7 @@ def test_an_exception_from_the_callback_stops_training(small_digits: DataSplits)
 
     model = _fresh_resnet()
     with pytest.raises(StopHere):
-        train(model, small_digits, TrainConfig(epochs=5), callback=stop_at_second,
+        train_model(model, small_digits, TrainConfig(epochs=5), callback=stop_at_second,
               eval_split=None)
     assert epochs_seen == [1, 2]
     assert not model.training
@@ -128,7 +128,7 @@ def test_cancel_event_ends_training_within_one_step(small_digits: DataSplits) ->
 
     model.register_forward_pre_hook(cancel_during_first_step)
     with pytest.raises(TrainingCancelled):
-        train(model, small_digits, TrainConfig(epochs=3, batch_size=16), cancel_event=cancel)
+        train_model(model, small_digits, TrainConfig(epochs=3, batch_size=16), cancel_event=cancel)
     assert len(training_forwards) == 1
 
 
@@ -146,7 +146,7 @@ def test_a_cancel_set_before_the_start_runs_no_step(small_digits: DataSplits) ->
 def test_distillation_runs_is_deterministic_and_leaves_the_teacher_alone(
         small_digits: DataSplits) -> None:
     teacher = _fresh_resnet(seed=1)
-    train(teacher, small_digits, TrainConfig(epochs=1), eval_split=None)
+    train_model(teacher, small_digits, TrainConfig(epochs=1), eval_split=None)
     teacher.train()
     teacher_before = copy.deepcopy(teacher.state_dict())
     student = _fresh_resnet(seed=2)
@@ -190,7 +190,7 @@ def test_distillation_loss_mixes_kl_and_cross_entropy() -> None:
 
 def test_evaluate_matches_a_manual_count(digits: DataSplits) -> None:
     model = _fresh_resnet(seed=5)
-    train(model, dataclasses.replace(digits, train=Subset(digits.train, range(128))),
+    train_model(model, dataclasses.replace(digits, train=Subset(digits.train, range(128))),
           TrainConfig(epochs=1), eval_split=None)
     correct = 0
     with torch.no_grad():
@@ -212,16 +212,16 @@ def test_label_smoothing_keeps_the_loss_above_the_smoothed_entropy(digits: DataS
                       + (classes - 1) * off_target * math.log(off_target))
 
     config = TrainConfig(epochs=2, learning_rate=0.05, seed=1)
-    smoothed = train(_fresh_resnet(), digits, dataclasses.replace(
+    smoothed = train_model(_fresh_resnet(), digits, dataclasses.replace(
         config, label_smoothing=smoothing), eval_split=None)
-    plain = train(_fresh_resnet(), digits, config, eval_split=None)
+    plain = train_model(_fresh_resnet(), digits, config, eval_split=None)
     assert all(loss >= entropy_floor for loss in smoothed["train_loss"])
     assert plain["train_loss"][-1] < entropy_floor
 
 
 def test_learning_rate_follows_a_cosine_over_all_steps(small_digits: DataSplits) -> None:
     config = TrainConfig(epochs=3, learning_rate=0.02, batch_size=32)
-    history = train(_fresh_resnet(), small_digits, config, eval_split=None)
+    history = train_model(_fresh_resnet(), small_digits, config, eval_split=None)
     steps_per_epoch = math.ceil(len(small_digits.train) / config.batch_size)
     total = config.epochs * steps_per_epoch
     for epoch, learning_rate in zip(history["epoch"], history["lr"], strict=True):

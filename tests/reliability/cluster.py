@@ -31,8 +31,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import Engine, select
 
+from core.spec import JobSpec
 from search.budget import is_surplus
-from search.spec import JobSpec
 from search.storage import open_storage
 from service.config import Settings
 from service.db import create_engine_for, migrate, session_scope
@@ -204,7 +204,7 @@ class Cluster:
     def start_api(self, port: int | None = None, ready_timeout: float = 90) -> Api:
         """Start ``topiary serve`` and wait until ``/readyz`` answers 200."""
         port = port or free_port()
-        process = self._start("api", [sys.executable, "-m", "service.cli", "serve", "--port",
+        process = self._start("api", [sys.executable, "-m", "cli.main", "serve", "--port",
                                       str(port)])
         api = Api(process, port, self.api_key)
 

@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from cli.client import ClientError, load_spec_file
 from models import build_model
-from service.client import ClientError, load_spec_file
 from service.jobs import JobStatus, get_job, list_events
 from tests.service_tests.conftest import Api, spec_json
 from workers.worker import Worker

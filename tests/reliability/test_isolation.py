@@ -111,7 +111,7 @@ def _revoke_in_another_process(api: Api, prefix: str) -> None:
     environment = {**os.environ, "PYTHONPATH": str(ROOT),
                    "TOPIARY_DATABASE_URL": api.settings.database_url,
                    "TOPIARY_HOME": str(api.settings.home)}
-    done = subprocess.run([sys.executable, "-m", "service.cli", "keys", "revoke", prefix],
+    done = subprocess.run([sys.executable, "-m", "cli.main", "keys", "revoke", prefix],
                           cwd=ROOT, env=environment, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr

@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from core.spec import JobSpec
 from models import load_dataset, prunable_groups
 from models.datasets import DataSplits
 from models.plan import removable_blocks
 from models.train import TrainConfig, train_baseline
 from search.objective import SearchContext, measure_baseline
 from search.space import SearchSpace
-from search.spec import JobSpec
 
 
 def make_spec(**overrides: object) -> JobSpec:

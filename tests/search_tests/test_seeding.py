@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.spec import Constraints
 from models.architectures import build_model
 from models.datasets import load_dataset
 from models.importance import ImportanceScores
@@ -32,7 +33,6 @@ from search.seeding import (
     seed_plans,
     target_ratio,
 )
-from search.spec import Constraints
 from search.warm_start import shaped_plan
 
 INPUT = (3, 16, 16)

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 from service.api.app import create_app
 from service.config import Settings
 from service.db import create_engine_for, migrate, session_scope

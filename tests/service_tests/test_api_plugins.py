@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.catalog import PLUGIN_GROUP, plugin_architectures
+from core.catalog import PLUGIN_GROUP, plugin_architectures
 from tests.service_tests.conftest import Api, spec_json
 
 PLUGIN_MODULE = '''

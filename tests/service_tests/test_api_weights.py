@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import save as save_safetensors
 
-from models.errors import UnsafeCheckpointError
+from core.errors import UnsafeCheckpointError
 from service.errors import InvalidUploadError
 from service.weights_check import scan_pickle
 from tests.service_tests.conftest import Api, spec_json

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from service.cli import app
+from cli.main import app
 from service.config import get_settings
 from service.db import create_engine_for, session_scope
 from service.tenants import authenticate
@@ -77,7 +77,7 @@ def _start_server(arguments: list[str], environment: dict[str, str]) -> subproce
     """``topiary serve`` with ``arguments`` in a subprocess, once ``/readyz`` answers 200."""
     port = arguments[arguments.index("--port") + 1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", *arguments], cwd=REPOSITORY,
+        [sys.executable, "-m", "cli.main", "serve", *arguments], cwd=REPOSITORY,
         env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while True:

@@ -23,12 +23,12 @@ import yaml
 from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
+from cli.client import ClientError, TopiaryClient
+from cli.demo import free_port
+from cli.main import app
 from service.api.app import create_app
-from service.cli import app
-from service.client import ClientError, TopiaryClient
 from service.config import Settings
 from service.db import create_engine_for, migrate
-from service.demo import free_port
 from service.jobs import record_artifact
 from service.tenants import create_api_key
 
@@ -258,7 +258,7 @@ def worker_process(live_api: LiveApi, tmp_path: Path) -> Iterator[subprocess.Pop
                    "TOPIARY_OPTUNA_URL": settings.optuna_url}
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker", "--device", "cpu", "--threads", "1"],
+        [sys.executable, "-m", "cli.main", "worker", "--device", "cpu", "--threads", "1"],
         cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
     yield process
     process.terminate()
@@ -304,7 +304,7 @@ def test_cli_runs_a_real_job_end_to_end(live_api: LiveApi, worker_process, tmp_p
 
 
 def test_cli_client_and_demo_modules_import_without_torch() -> None:
-    code = ("import sys; import service.cli, service.client, service.demo; "
+    code = ("import sys; import cli.main, cli.client, cli.demo; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True,
                             text=True, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})

@@ -36,7 +36,7 @@ def start_demo(home: Path) -> subprocess.Popen[str]:
                    if not name.startswith("TOPIARY_")}
     environment.update({"TOPIARY_HOME": str(home), "PYTHONUNBUFFERED": "1", "COLUMNS": "160",
                         "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPOSITORY)})
-    return subprocess.Popen([sys.executable, "-m", "service.cli", "demo", *TINY],
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "demo", *TINY],
                             cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, preexec_fn=_interruptible)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 from service.db import session_scope
 from service.errors import TooManyJobsError
 from service.jobs import list_jobs, requested_device_type, submit_job

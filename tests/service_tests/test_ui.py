@@ -27,10 +27,10 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import Engine
 
+from core.spec import JobSpec
 from models.architectures import build_model
 from models.plan import PrunePlan, prunable_groups, removable_blocks
 from search.space import SearchSpace
-from search.spec import JobSpec
 from search.study import open_study, study_name_for
 from service.api.routes.ui import STATIC_DIR, UI_DIR
 from service.db import session_scope

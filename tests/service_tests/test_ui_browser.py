@@ -177,7 +177,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         engine.dispose()
     port = _free_port()
     environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_AUTH": "key"}
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
                                cwd=REPOSITORY, env=environment, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from search.spec import JobSpec
+from core.spec import JobSpec
 from service.config import Settings
 from service.db import create_engine_for, migrate, session_scope
 from service.jobs import submit_job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from models.catalog import list_architectures, list_datasets
+from core.catalog import list_architectures, list_datasets
 from service.api.deps import CurrentTenant
 from service.api.schemas import ArchitecturePublic, DatasetPublic
 

@@ -5,7 +5,7 @@ and one worker as child processes on the SQLite files under ``TOPIARY_HOME``,
 submits a job (ResNet-20 on the built-in digits at 16x16, at most half the
 baseline CPU latency and FLOPs), follows it, downloads the checkpoint (sha256 verified),
 stops the children, then reloads the checkpoint with ``load_pruned`` and
-re-measures it beside the unpruned architecture (``service.demo_measure``).
+re-measures it beside the unpruned architecture (``cli.demo_measure``).
 
 Children run in their own session (a terminal's Ctrl-C reaches only the demo,
 which stops them in order) and die with the demo if it is killed outright.
@@ -30,8 +30,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
-from service.cli_view import JobWatcher, job_summary
-from service.client import ClientError, TopiaryClient
+from cli.client import ClientError, TopiaryClient
+from cli.view import JobWatcher, job_summary
 from service.config import Settings
 
 DEMO_JOB_NAME = "topiary-demo-resnet20-digits"
@@ -118,7 +118,7 @@ class ChildProcesses:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(arguments)}\n")
         log.flush()
         process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *arguments], env=self.environment,
+            [sys.executable, "-m", "cli.main", *arguments], env=self.environment,
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
@@ -265,7 +265,7 @@ class Demo:
                            soft_wrap=True)
         self.children.stop_all()
         self.console.print("API and worker stopped; re-measuring the checkpoint here")
-        from service.demo_measure import before_after_table, remeasure
+        from cli.demo_measure import before_after_table, remeasure
 
         # Three times the worker's passes: this is the number the user reads.
         comparison = remeasure(checkpoint, job, latency_runs=3 * self.options.latency_runs,

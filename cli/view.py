@@ -1,7 +1,7 @@
 """How the CLI shows jobs: summaries, metric and trial tables, a live progress view.
 
-Rendering only (rich); the commands in ``service.cli_jobs`` and the demo fetch
-the data through ``service.client`` and hand it here.
+Rendering only (rich); the commands in ``cli.jobs`` and the demo fetch
+the data through ``cli.client`` and hand it here.
 """
 
 from __future__ import annotations

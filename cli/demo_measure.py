@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Group
 from rich.text import Text
 
-from service.cli_view import metrics_table
+from cli.view import metrics_table
 
 #: Timed passes per network, alternating between the two.
 LATENCY_PASSES = 90
@@ -27,7 +27,7 @@ LATENCY_PASSES = 90
 
 @dataclass
 class Comparison:
-    """Before / after metrics (keys as in ``service.cli_view.METRIC_ROWS``) and context."""
+    """Before / after metrics (keys as in ``cli.view.METRIC_ROWS``) and context."""
 
     before: dict[str, Any]
     after: dict[str, Any]
@@ -57,7 +57,7 @@ def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = LATENCY
     from models.architectures import build_model
     from models.datasets import load_dataset
     from models.export import load_pruned
-    from models.measure import compare_latency, measure
+    from models.measure import compare_latency, measure_model
     from models.train import evaluate
 
     if threads is not None:
@@ -70,7 +70,7 @@ def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = LATENCY
     splits = load_dataset(spec["dataset"]["name"], spec["dataset"].get("image_size"),
                           seed=spec.get("seed", 0))
     networks = {"before": unpruned, "after": pruned}
-    metrics = {name: measure(model, input_shape, "cpu", warmup=0, runs=1).to_dict()
+    metrics = {name: measure_model(model, input_shape, "cpu", warmup=0, runs=1).to_dict()
                for name, model in networks.items()}
     latencies = compare_latency(unpruned, pruned, input_shape, "cpu", runs=latency_runs)
     for name, latency in zip(networks, latencies, strict=True):

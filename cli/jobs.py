@@ -1,6 +1,6 @@
 """The ``topiary`` user commands that talk to a server: submit, status, trials, download, cancel.
 
-They go through ``service.client.TopiaryClient``; the server and key come from
+They go through ``cli.client.TopiaryClient``; the server and key come from
 ``--server`` / ``--key`` or ``TOPIARY_SERVER`` / ``TOPIARY_KEY``. A user never sees
 a traceback: every failure is one red line saying what was wrong and what to do,
 with exit status 2 for bad local input (a missing or invalid spec file) and 1
@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from service.cli_view import JobWatcher, job_summary, trials_table
-from service.client import DEFAULT_SERVER, ClientError, TopiaryClient
+from cli.client import DEFAULT_SERVER, ClientError, TopiaryClient
+from cli.view import JobWatcher, job_summary, trials_table
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)

@@ -2,8 +2,9 @@
 
 Operator commands live here (``serve``, ``worker``, ``migrate``, ``keys create|revoke``,
 ``demo``); the user commands that talk to a server (``submit``, ``status``, ``trials``,
-``download``, ``cancel``) live in ``service.cli_jobs``. This module stays importable
-without torch: ``worker`` and ``demo`` import what needs it inside the command.
+``download``, ``cancel``) live in ``cli.jobs``. This module stays importable
+without torch: ``worker`` execs the worker program and ``demo`` imports what needs it
+inside the command.
 
 ``print`` (through rich) lives only in the CLI modules; everything else logs.
 """
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from sqlalchemy import Engine
 
-from service import cli_jobs
+from cli import jobs as cli_jobs
 from service.config import get_settings
 from service.errors import ConfigurationError, NotFoundError
 from service.logs import configure_logging
@@ -29,7 +31,7 @@ keys_app = typer.Typer(help="Create and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
-logger = logging.getLogger("service.cli")
+logger = logging.getLogger("cli.main")
 
 
 @app.command()
@@ -83,9 +85,16 @@ def worker(device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N"
            exit_when_idle: Annotated[bool, typer.Option(
                help="stop when no job is left instead of waiting for more")] = False) -> None:
     """Run a worker: claim jobs from the database (TOPIARY_DATABASE_URL) and run them."""
-    from workers.worker import main
-
-    raise typer.Exit(code=main(device, threads, exit_when_idle))
+    # The worker is its own program (`python -m workers`, also installed as
+    # `topiary-worker`): exec it so that signals reach it and the CLI stays torch-free.
+    arguments = [sys.executable, "-m", "workers", "--device", device]
+    if threads is not None:
+        arguments += ["--threads", str(threads)]
+    if exit_when_idle:
+        arguments.append("--exit-when-idle")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, arguments)
 
 
 @app.command()
@@ -120,7 +129,7 @@ def demo(n_trials: Annotated[int, typer.Option(min=1, help="search budget")] = 1
     Prunes a ResNet-20 on the built-in digits to half its CPU latency and FLOPs, then
     downloads, reloads and re-measures the result.
     """
-    from service.demo import DemoOptions, run_demo
+    from cli.demo import DemoOptions, run_demo
 
     options = DemoOptions(n_trials=n_trials, trial_epochs=trial_epochs,
                           final_epochs=final_epochs, baseline_epochs=baseline_epochs,

@@ -3,7 +3,7 @@
 Torch-free and independent of the server's internals, so scripts, notebooks and
 the ``topiary`` CLI use the same calls::
 
-    from service.client import TopiaryClient
+    from cli.client import TopiaryClient
 
     with TopiaryClient("http://127.0.0.1:8000", key="tpy_...") as client:
         job = client.submit("spec.yaml")
@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
-from models.errors import TopiaryError
+from core.errors import TopiaryError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})

@@ -12,14 +12,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.catalog import (
+from core.catalog import (
     ARCHITECTURES,
     DATASETS,
     PLUGIN_FAMILY,
     architecture_info,
     plugin_architectures,
 )
-from models.errors import InvalidSpecError
+from core.errors import InvalidSpecError
 
 MAX_TRIALS = 1000
 

@@ -1,0 +1,1 @@
+"""The `topiary` command on top of everything: CLI, Python client, demo."""

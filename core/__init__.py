@@ -1,0 +1,1 @@
+"""Torch-free vocabulary every package shares: errors, catalog, job spec, trial record."""
