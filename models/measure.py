@@ -1,4 +1,5 @@
-"""What a network costs: MACs and parameters, memory, and latency on a device.
+"""What a network costs: MACs and parameters, memory, and latency on a device (timed by
+``models.latency``).
 
 Conventions used throughout:
 
@@ -19,32 +20,35 @@ Conventions used throughout:
 from __future__ import annotations
 
 import copy
-import platform
-import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ptflops import get_model_complexity_info
 from torch import Tensor, nn
 
-from core.errors import InvalidSpecError, TopiaryError
-from models.groups import eval_mode
+from core.errors import TopiaryError
+from models.devices import (
+    DeviceUnavailableError,
+    model_device,
+    on_device,
+    resolve_device,
+    sample_batch,
+)
+from models.latency import LatencyResult, compare_latency, latency_against, measure_latency
 
+# Timing lives in models.latency and devices in models.devices; they are named here
+# too because measure_model() is where most callers start.
 __all__ = [
     "DeviceUnavailableError",
     "LatencyResult",
     "Measurement",
-    "count_flops_params",
-    "measure_model",
-    "measure_latency",
     "compare_latency",
+    "count_flops_params",
     "latency_against",
+    "measure_latency",
+    "measure_model",
     "memory_mb",
     "model_bytes",
     "peak_activation_bytes",
@@ -52,72 +56,6 @@ __all__ = [
 ]
 
 MIB = 2**20
-
-
-class DeviceUnavailableError(InvalidSpecError):
-    """A latency device that does not exist on this machine."""
-
-    code = "device_unavailable"
-
-
-def resolve_device(name: str | torch.device) -> torch.device:
-    """Turn a device spec into a ``torch.device`` that exists here.
-
-    Args:
-        name: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-
-    Raises:
-        DeviceUnavailableError: CUDA asked for but absent, an index past the
-            device count, or a name that is none of the above.
-    """
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError) as error:
-        raise DeviceUnavailableError(
-            f"unknown device {str(name)!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from error
-    if device.type == "cpu":
-        return torch.device("cpu")
-    if device.type != "cuda":
-        raise DeviceUnavailableError(
-            f"device type {device.type!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            f"device {str(name)!r} asked for, but this machine has no usable CUDA GPU; "
-            "use 'cpu' or 'auto', or run the worker on a GPU machine")
-    count = torch.cuda.device_count()
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index >= count:
-        raise DeviceUnavailableError(
-            f"device {str(name)!r} does not exist: this machine has {count} CUDA device(s), "
-            f"cuda:0 to cuda:{count - 1}")
-    return torch.device("cuda", index)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    tensor: Tensor | None = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
-
-
-@contextmanager
-def _on_device(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """The model on ``device`` and in eval mode for the block; where and how it was after."""
-    original = _model_device(model)
-    with eval_mode(model):
-        model.to(device)
-        try:
-            yield
-        finally:
-            model.to(original)
-
-
-def _sample_batch(input_shape: tuple[int, ...], batch_size: int, device: torch.device) -> Tensor:
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn((batch_size, *input_shape), generator=generator).to(device)
 
 
 def count_flops_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -135,7 +73,7 @@ def count_flops_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[
     """
     counted = copy.deepcopy(model)
     counted.requires_grad_(True)  # ptflops counts only parameters that require grad
-    device = _model_device(counted)
+    device = model_device(counted)
     macs, params = get_model_complexity_info(
         counted, tuple(input_shape), as_strings=False, print_per_layer_stat=False,
         backend="aten", input_constructor=lambda shape: torch.zeros((1, *shape), device=device))
@@ -226,190 +164,19 @@ def peak_activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch_
         device: where to run (see ``resolve_device``).
     """
     target = resolve_device(device)
-    with _on_device(model, target):
+    with on_device(model, target):
         if target.type == "cuda":
             with torch.inference_mode():
-                model(_sample_batch(input_shape, batch_size, target))
+                model(sample_batch(input_shape, batch_size, target))
             torch.cuda.synchronize(target)
             torch.cuda.reset_peak_memory_stats(target)
             before = torch.cuda.memory_allocated(target)
-            batch = _sample_batch(input_shape, batch_size, target)
+            batch = sample_batch(input_shape, batch_size, target)
             with torch.inference_mode():
                 model(batch)
             torch.cuda.synchronize(target)
             return int(torch.cuda.max_memory_allocated(target) - before)
-        return _cpu_peak_activation_bytes(model, _sample_batch(input_shape, batch_size, target))
-
-
-@dataclass
-class LatencyResult:
-    """Latency of one forward pass, from ``runs`` timed passes after warm-up.
-
-    Attributes:
-        median_ms: median wall time of a pass, milliseconds.
-        p90_ms: 90th percentile, milliseconds.
-        runs: timed passes.
-        batch_size: samples per pass.
-        device_type: ``cpu`` or ``cuda``.
-        device_name: CPU model or GPU name.
-        threads: torch intra-op threads during the measurement.
-    """
-
-    median_ms: float
-    p90_ms: float
-    runs: int
-    batch_size: int
-    device_type: str
-    device_name: str
-    threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "cpu"
-
-
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[int]:
-    previous = torch.get_num_threads()
-    if threads is not None:
-        if threads < 1:
-            raise InvalidSpecError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _time_passes(model: nn.Module, batch: Tensor, device: torch.device, warmup: int,
-                 runs: int) -> list[float]:
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            for _ in range(runs):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(batch)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(float(start.elapsed_time(end)))
-        else:
-            for _ in range(runs):
-                began = time.perf_counter()
-                model(batch)
-                times.append((time.perf_counter() - began) * 1000.0)
-    return times
-
-
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], device: str | torch.device,
-                    batch_size: int = 1, warmup: int = 5, runs: int = 30,
-                    threads: int | None = None) -> LatencyResult:
-    """Time inference passes: warm-up, then the median and p90 of ``runs`` passes.
-
-    Runs under ``torch.inference_mode`` in eval mode; on CUDA each pass is timed
-    with CUDA events and a synchronize, on CPU with ``time.perf_counter``.
-
-    Args:
-        model: the network (moved to ``device`` for the measurement, then back).
-        input_shape: one sample's shape.
-        device: where to run (see ``resolve_device``).
-        batch_size: samples per pass.
-        warmup: untimed passes first.
-        runs: timed passes (at least 1).
-        threads: torch intra-op threads for the measurement; None keeps the
-            current setting. The previous setting is restored afterwards.
-
-    Raises:
-        InvalidSpecError: runs, batch_size or threads below 1, warmup below 0.
-        DeviceUnavailableError: the device does not exist here.
-    """
-    _check_timing(runs, batch_size, warmup)
-    target = resolve_device(device)
-    with _torch_threads(threads) as used_threads, _on_device(model, target):
-        batch = _sample_batch(input_shape, batch_size, target)
-        times = _time_passes(model, batch, target, warmup, runs)
-    return _latency_result(times, batch_size, target, used_threads)
-
-
-def compare_latency(reference: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...],
-                    device: str | torch.device, batch_size: int = 1, warmup: int = 5,
-                    runs: int = 30, threads: int | None = None
-                    ) -> tuple[LatencyResult, LatencyResult]:
-    """Time two networks side by side: their timed passes alternate.
-
-    Whatever else the machine runs meanwhile slows both alike, so the ratio of
-    the two medians holds when absolute times drift (a baseline timed once, at
-    another moment, does not). Arguments as ``measure_latency``.
-
-    Returns:
-        ``(reference's latency, candidate's latency)``.
-    """
-    _check_timing(runs, batch_size, warmup)
-    target = resolve_device(device)
-    with (_torch_threads(threads) as used_threads, _on_device(reference, target),
-          _on_device(candidate, target)):
-        batch = _sample_batch(input_shape, batch_size, target)
-        _time_passes(reference, batch, target, warmup, 0)
-        _time_passes(candidate, batch, target, warmup, 0)
-        times: tuple[list[float], list[float]] = ([], [])
-        for _ in range(runs):
-            times[0].extend(_time_passes(reference, batch, target, 0, 1))
-            times[1].extend(_time_passes(candidate, batch, target, 0, 1))
-    return (_latency_result(times[0], batch_size, target, used_threads),
-            _latency_result(times[1], batch_size, target, used_threads))
-
-
-def latency_against(reference: nn.Module, candidate: nn.Module,
-                    input_shape: tuple[int, ...], device: str | torch.device,
-                    reference_ms: float, batch_size: int = 1, warmup: int = 5,
-                    runs: int = 30) -> dict[str, float]:
-    """``candidate``'s latency where ``reference`` took ``reference_ms``, from a
-    side-by-side timing (``compare_latency``): the measured ratio scales the
-    recorded reference, so load on the machine now does not shift it.
-
-    Returns:
-        ``latency_ms`` and ``latency_p90_ms`` (scaled), ``latency_ratio`` and
-        ``latency_raw_ms`` (the candidate's plain median now).
-    """
-    reference_now, timed = compare_latency(reference, candidate, input_shape, device,
-                                           batch_size=batch_size, warmup=warmup, runs=runs)
-    scale = reference_ms / reference_now.median_ms
-    return {"latency_ms": timed.median_ms * scale, "latency_p90_ms": timed.p90_ms * scale,
-            "latency_ratio": timed.median_ms / reference_now.median_ms,
-            "latency_raw_ms": timed.median_ms}
-
-
-def _check_timing(runs: int, batch_size: int, warmup: int) -> None:
-    if runs < 1 or batch_size < 1 or warmup < 0:
-        raise InvalidSpecError(f"need runs >= 1, batch_size >= 1, warmup >= 0; got runs={runs}, "
-                               f"batch_size={batch_size}, warmup={warmup}")
-
-
-def _latency_result(times: list[float], batch_size: int, target: torch.device,
-                    threads: int) -> LatencyResult:
-    return LatencyResult(
-        median_ms=float(np.median(times)),
-        p90_ms=float(np.percentile(times, 90)),
-        runs=len(times),
-        batch_size=batch_size,
-        device_type=target.type,
-        device_name=_device_name(target),
-        threads=threads,
-    )
+        return _cpu_peak_activation_bytes(model, sample_batch(input_shape, batch_size, target))
 
 
 @dataclass
