@@ -1,5 +1,6 @@
-"""What the benchmarks share: throwaway PostgreSQL databases, a served API, and
-CPU accounting (the machine's and one process's) read from ``/proc``.
+"""What the benchmarks share: throwaway PostgreSQL databases, a served API and workers
+(the tests' harness, :mod:`tests.support`), and CPU accounting (the machine's and one
+process's) read from ``/proc``.
 
 Not a module of the product: benchmarks run from a checkout
 (``.venv/bin/python bench/<name>.py``) and print tables.
@@ -7,28 +8,21 @@ Not a module of the product: benchmarks run from a checkout
 
 from __future__ import annotations
 
-import http.client
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+import tests.support as support  # the harness the tests use (the arrow is bench -> tests)
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-POSTGRES_ADMIN_URL = os.environ.get("TOPIARY_TEST_POSTGRES_URL",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REPOSITORY = support.REPOSITORY
+POSTGRES_ADMIN_URL = support.admin_url()
 _TICKS = os.sysconf("SC_CLK_TCK")
 _TERMINAL = ("succeeded", "failed", "cancelled")
 T = TypeVar("T")
@@ -36,42 +30,13 @@ T = TypeVar("T")
 
 def postgres_answers(url: str = POSTGRES_ADMIN_URL) -> bool:
     """Whether a PostgreSQL server answers at ``url``."""
-    engine = create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no server"
-        return False
-    finally:
-        engine.dispose()
+    return support.postgres_answers(url)
 
 
-@contextmanager
-def postgres_database(prefix: str = "topiary_bench") -> Iterator[str]:
-    """A fresh, empty database on the admin server; dropped (connections and all) on exit."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
-    finally:
-        _drop(admin, name)
-
-
-def _drop(admin: Any, name: str, attempts: int = 10) -> None:
-    """Drop a database, waiting out a server restart (other people's tests restart it)."""
-    for attempt in range(attempts):
-        try:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            break
-        except Exception as error:  # noqa: BLE001 - retried, then reported
-            if attempt == attempts - 1:
-                print(f"could not drop database {name}: {error}", file=sys.stderr)
-            time.sleep(3)
-    admin.dispose()
+def postgres_database(prefix: str = "topiary_bench") -> AbstractContextManager[str]:
+    """A fresh, empty database on the admin server; dropped (connections and all) on exit,
+    waiting out a server restart (other people's tests restart it)."""
+    return support.throwaway_database(POSTGRES_ADMIN_URL, prefix)
 
 
 def retried(action: Callable[[], T], what: str, attempts: int = 3) -> tuple[T, int]:
@@ -96,49 +61,23 @@ def retried(action: Callable[[], T], what: str, attempts: int = 3) -> tuple[T, i
     raise RuntimeError(f"{what} failed {attempts} times; see the messages above")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
-def api_server(environment: dict[str, str], log_path: Path,
-               startup_seconds: float = 60.0) -> Iterator[tuple[int, int]]:
+def api_server(environment: dict[str, str], log_path: Path, startup_seconds: float = 60.0,
+               arguments: Sequence[str] = ()) -> Iterator[tuple[int, int]]:
     """``python -m cli.main serve`` on a free loopback port, ready (``/readyz``) on yield.
 
     Args:
         environment: the server's environment (``TOPIARY_*`` settings).
         log_path: where its output goes.
         startup_seconds: how long it may take to answer.
+        arguments: more arguments of ``serve`` (``--processes 2``).
 
     Yields:
         (port, the server's process id).
     """
-    port = free_port()
-    with log_path.open("w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port",
-                                   str(port)], cwd=REPOSITORY, env=environment,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + startup_seconds
-            while not _answers(port):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the API server did not start; see {log_path}")
-                time.sleep(0.2)
-            yield port, server.pid
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-
-def _answers(port: int) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        connection.request("GET", "/readyz")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
+    with support.served_api(environment, log_path, arguments=arguments,
+                            ready_timeout=startup_seconds) as api:
+        yield api.port, api.process.pid
 
 
 @dataclass
@@ -150,10 +89,8 @@ class Deployment:
     optuna_url: str
 
     def environment(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1", "TOPIARY_HOME": str(self.home),
-                "TOPIARY_DATABASE_URL": self.database_url,
-                "TOPIARY_OPTUNA_URL": self.optuna_url, "TOPIARY_LOG_LEVEL": "WARNING"}
+        return support.program_environment(self.home, self.database_url, self.optuna_url,
+                                           log_level="WARNING")
 
 
 @contextmanager
@@ -170,31 +107,26 @@ def deployment() -> Iterator[Deployment]:
 class WorkerProcess:
     """``python -m workers --device cpu --threads 1``, optionally under cProfile.
 
-    Every process a benchmark starts gets its own session: with Linux's
-    autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) CPU is
-    shared between sessions first, so two workers in one session would get no
-    more CPU than one whenever other sessions keep the cores busy.
+    Every process a benchmark starts gets its own session (:mod:`cli.processes`): with
+    Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) CPU is
+    shared between sessions first, so two workers in one session would get no more CPU
+    than one whenever other sessions keep the cores busy.
     """
 
     def __init__(self, target: Deployment, name: str, profile: Path | None = None) -> None:
         self.log_path = target.home / f"{name}.log"
-        runner = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        with self.log_path.open("w") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, *runner, "-m", "workers", "--device", "cpu", "--threads", "1"],
-                cwd=REPOSITORY, env=target.environment(), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        command = support.worker_command()
+        if profile:
+            command[1:1] = ["-m", "cProfile", "-o", str(profile)]
+        self.child = support.start_child(name, command, environment=target.environment(),
+                                         log_path=self.log_path, cwd=REPOSITORY)
+        self.process = self.child.popen
 
     def cpu_seconds(self) -> float | None:
         return process_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        self.child.stop(timeout=120)
 
 
 @dataclass

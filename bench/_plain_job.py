@@ -16,7 +16,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
@@ -36,6 +35,7 @@ from models.importance import (  # noqa: E402
 from models.measure import measure_model  # noqa: E402
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks  # noqa: E402
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline  # noqa: E402
+from search.costs import LatencyCache  # noqa: E402
 from search.objective import (  # noqa: E402
     Objective,
     SearchContext,
@@ -81,7 +81,7 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     scores = {method: cached_score(ScoreCache(home / "scores"), model, splits, method, identity,
                                    groups, blocks) for method in spec.search.warm_start}
     space = SearchSpace.from_spec(groups, blocks, spec.search)
-    measured: dict[str, dict[str, Any]] = {}
+    measured = LatencyCache()
     plans = seed_plans(model, example, groups, [b for b in blocks if b.name in space.blocks],
                        scores, target_ratio(spec.objective.constraints, baseline, spec.latency),
                        round_to=space.plan_round_to(),

@@ -21,33 +21,33 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from bench._common import process_cpu_seconds  # noqa: E402
+from bench._common import (  # noqa: E402
+    POSTGRES_ADMIN_URL,
+    api_server,
+    postgres_answers,
+    postgres_database,
+    process_cpu_seconds,
+)
 from core.spec import JobSpec  # noqa: E402
 from service.db import create_engine_for, migrate, session_scope  # noqa: E402
 from service.jobs import submit_job  # noqa: E402
 from service.tenants import create_api_key  # noqa: E402
+from tests.support import program_environment  # noqa: E402
 
-POSTGRES_ADMIN_URL = os.environ.get("TOPIARY_TEST_POSTGRES_URL",
-                                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SPEC = {"name": "bench", "model": {"arch": "cifar_resnet20", "num_classes": 10},
         "dataset": {"name": "digits", "image_size": 16},
         "objective": {"mode": "constrained", "constraints": {"max_latency_ratio": 0.5}},
@@ -83,27 +83,13 @@ class Result:
         return (os.cpu_count() or 1) * 1000 / total_ms if total_ms else float("inf")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _database(backend: str, home: Path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{home / 'topiary.db'}"
         return
-    name = f"topiary_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database("topiary_bench") as url:
+        yield url
 
 
 def _seed(url: str, count: int, tenants: int) -> tuple[list[str], list[tuple[str, str]]]:
@@ -163,34 +149,10 @@ def _cpu_ms_per_request(before: dict[str, dict[int, float]], after: dict[str, di
             for name, processes in after.items()}
 
 
-@contextmanager
-def _server(url: str, home: Path, processes: int = 1) -> Iterator[tuple[int, int]]:
-    port = _free_port()
-    environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_DATABASE_URL": url,
-                   "TOPIARY_MAX_CONCURRENT_JOBS_PER_TENANT": str(10**9)}
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port",
-                               str(port), "--processes", str(processes)],
-                              cwd=REPOSITORY, env=environment,
-                              stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-                connection.request("GET", "/readyz")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; see {home / 'server.log'}")
-            time.sleep(0.2)
-        yield port, server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
+def _server(url: str, home: Path, processes: int = 1) -> AbstractContextManager[tuple[int, int]]:
+    environment = program_environment(home, url, max_concurrent_jobs_per_tenant=10**9)
+    return api_server(environment, home / "server.log", arguments=["--processes",
+                                                                   str(processes)])
 
 
 Request = Callable[[http.client.HTTPConnection, int], int]
@@ -253,18 +215,6 @@ def _run(port: int, send: Request, *, clients: int, duration: float,
     return latencies, errors, time.perf_counter() - start
 
 
-def _postgres_answers() -> bool:
-    engine = create_engine(POSTGRES_ADMIN_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return True
-    except Exception:  # noqa: BLE001 - any failure means "no server"
-        return False
-    finally:
-        engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
@@ -283,7 +233,7 @@ def main() -> None:
             for processes in ([1] if backend == "sqlite" else
                               [int(count) for count in options.processes.split(",")])]
     for backend, processes in runs:
-        if backend == "postgresql" and not _postgres_answers():
+        if backend == "postgresql" and not postgres_answers():
             print(f"skipping postgresql: no server at {POSTGRES_ADMIN_URL}", file=sys.stderr)
             continue
         with tempfile.TemporaryDirectory() as folder:

@@ -1,15 +1,25 @@
 """Chaos run: many small jobs on PostgreSQL while workers are SIGKILLed at random points,
 the API is killed and restarted, and PostgreSQL itself is restarted.
 
+One fault strikes a search right after a worker created a trial and before the trial's
+first heartbeat (``tests.support.first_heartbeat``): the worker is SIGKILLed, or, while
+PostgreSQL restarts are left, the database is taken down for 10 s instead. That leaves
+a RUNNING trial nobody owns (issue 20).
+
 Every job must end SUCCEEDED, or FAILED with a reason; none stuck; exactly
 ``n_trials`` finished trials per succeeded job, none counted twice; one checkpoint
 per format whose bytes match their digest; and no download, taken continuously
 while it all happens, may ever return a body that does not match its ETag.
 
-    .venv/bin/python bench/chaos.py [--seed 0] [--jobs 5] [--faults 2] [--workers 2]
+    .venv/bin/python bench/chaos.py [--seed 0] [--jobs 20] [--faults 2] [--workers 2]
     .venv/bin/python bench/chaos.py --quick        # 2 jobs, one fault each: ~5 minutes
 
-The default run takes 12 to 20 minutes on two shared cores.
+A searching job is reported stuck as soon as the workers' stall detector
+(``workers.stall``, run with ``--stall-floor``) would have failed it and has not: its
+participants are alive and no trial finished for two stall bounds (plus a margin).
+The run ends when every job ended or is stuck, when ``--deadline-minutes`` pass, or
+on SIGTERM / SIGINT; the report is printed in every case. The default run (20 jobs)
+takes about an hour on two shared cores.
 
 Needs PostgreSQL at TOPIARY_TEST_POSTGRES_URL (default: postgres@127.0.0.1:5432) and,
 for the server restarts, root and ``pg_ctlcluster`` on this machine (else they are
@@ -23,13 +33,16 @@ import hashlib
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from types import FrameType
 
 import httpx
 
@@ -37,25 +50,36 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from service.jobs import JobStatus  # noqa: E402
-from tests.reliability.cluster import (  # noqa: E402
-    FAULT_POINTS,
-    Api,
-    Cluster,
+from sqlalchemy import func, select  # noqa: E402
+
+from search.stall import STUCK_AFTER_BOUNDS, StallPolicy, standing  # noqa: E402
+from service.db import session_scope  # noqa: E402
+from service.jobs import JobParticipant, JobStatus, count_stalls  # noqa: E402
+from tests.support import (  # noqa: E402
+    admin_url,
+    postgres_restart_unavailable,
+    restart_postgres,
+)
+from tests.support.cluster import FAULT_POINTS, Api, Cluster, victim_at  # noqa: E402
+from tests.support.first_heartbeat import UnownedTrial, strike_before_first_heartbeat  # noqa: E402
+from tests.support.invariants import (  # noqa: E402
     JobOutcome,
     download_problems,
     inspect_job,
     leftover_temporaries,
-    postgres_restart_unavailable,
-    restart_postgres,
-    victim_at,
 )
 
-ADMIN_URL = os.environ.get("TOPIARY_TEST_POSTGRES_URL",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = admin_url()
+#: A worker's trial struck after Optuna created it, before its first heartbeat.
+BEFORE_FIRST_HEARTBEAT = "before_first_heartbeat"
 # Pipeline order: a job's planned faults are taken from here in this order.
-ORDER = ("preparing", "scoring", "mid_trial", "finalizing", "export")
-assert set(ORDER) == set(FAULT_POINTS)
+ORDER = ("preparing", "scoring", BEFORE_FIRST_HEARTBEAT, "mid_trial", "finalizing", "export")
+assert set(ORDER) == {*FAULT_POINTS, BEFORE_FIRST_HEARTBEAT}
+#: Seconds between two tries at catching a job's trial before its first heartbeat.
+STRIKE_RETRY_SECONDS = 3.0
+#: How long after the stall detector should have failed a search it is called stuck
+#: (its wait loop, the guarded move and a lease to notice).
+STUCK_MARGIN_SECONDS = 30.0
 
 
 @dataclass
@@ -65,6 +89,7 @@ class Plan:
     job_id: str
     points: list[str]
     injected: list[str] = field(default_factory=list)
+    next_strike: float = 0.0
 
     def next_point(self) -> str | None:
         return self.points[len(self.injected)] if len(self.injected) < len(self.points) else None
@@ -78,6 +103,9 @@ class Tally:
     notes: list[str] = field(default_factory=list)
     monkey_errors: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stuck: dict[str, str] = field(default_factory=dict)  # job id -> why, as first seen
+    stalls_reported: int = 0
+    ended_by: str = "every job ended"
 
 
 class Monkey:
@@ -113,6 +141,9 @@ class Monkey:
             point = plan.next_point()
             if point is None:
                 continue
+            if point == BEFORE_FIRST_HEARTBEAT:
+                self.strike_before_first_heartbeat(plan, now)
+                continue
             victim = victim_at(self.cluster, plan.job_id, point)
             if victim is not None:
                 victim.kill()
@@ -128,6 +159,31 @@ class Monkey:
             restart_postgres(self.cluster.admin_url, down_seconds=down)
             self.tally.faults[f"PostgreSQL restart ({down:.0f} s down)"] += 1
 
+    def strike_before_first_heartbeat(self, plan: Plan, now: float) -> None:
+        """Hold heartbeats back a few seconds; when a trial of the job starts, kill its
+        worker (or take PostgreSQL down) before the trial's first heartbeat."""
+        if now < plan.next_strike:
+            return
+        plan.next_strike = now + STRIKE_RETRY_SECONDS
+        take_database_down = self.restarts.get("postgres", 0) > 0 and self.rng.random() < 0.5
+
+        def fault(trial: UnownedTrial) -> None:
+            if take_database_down:
+                self.restarts["postgres"] -= 1
+                restart_postgres(self.cluster.admin_url, down_seconds=10.0)
+            else:
+                trial.process.kill()
+
+        struck = strike_before_first_heartbeat(self.cluster, plan.job_id, fault)
+        if struck is None:
+            return
+        plan.injected.append(BEFORE_FIRST_HEARTBEAT)
+        if take_database_down:
+            self.tally.faults["PostgreSQL down 10 s: before a trial's first heartbeat"] += 1
+        else:
+            self.tally.faults[f"worker SIGKILL: {BEFORE_FIRST_HEARTBEAT}"] += 1
+            self.replacements.append(time.monotonic() + self.rng.uniform(0, 5))
+
     def restart_api(self) -> None:
         self.restarts["api"] -= 1
         self.api.process.kill()
@@ -136,12 +192,67 @@ class Monkey:
         self.tally.faults["API SIGKILL + restart"] += 1
 
 
-def still_running(monkey: Monkey) -> bool:
-    """Whether any job is still active (True while our own database connection is down)."""
+def joined_at(cluster: Cluster, job_id: str) -> list[datetime]:
+    """When the job's live participants joined its search (local time, as Optuna's clock)."""
+    with session_scope(cluster.engine) as session:
+        joined = session.scalars(select(JobParticipant.joined_at).where(
+            JobParticipant.job_id == job_id,
+            JobParticipant.lease_expires_at >= func.now())).all()
+    return [moment.astimezone().replace(tzinfo=None) for moment in joined]
+
+
+def why_stuck(cluster: Cluster, job_id: str, policy: StallPolicy) -> str | None:
+    """Why a searching job is stuck by the stall detector's rule (None: it is not).
+
+    Its participants are alive and none of its trials finished for longer than the
+    detector waits before failing the search (two stall bounds), plus a margin.
+    """
+    if cluster.job(job_id).status != JobStatus.SEARCHING.value:
+        return None
+    participants = joined_at(cluster, job_id)
+    if not participants:
+        return None  # nobody on it: waiting for a worker, not stalled
+    where = standing(cluster.study_trials(job_id), policy, watching_since=min(participants),
+                     now=datetime.now())
+    limit = STUCK_AFTER_BOUNDS * where.bound_seconds + STUCK_MARGIN_SECONDS
+    if where.idle_seconds < limit:
+        return None
+    running = ", ".join(map(str, where.running)) or "none"
+    return (f"searching with {len(participants)} live worker(s), no trial finished for "
+            f"{where.idle_seconds:.0f} s (the detector fails it after "
+            f"{STUCK_AFTER_BOUNDS * where.bound_seconds:.0f} s); running trials: {running}")
+
+
+def waiting_on(monkey: Monkey, policy: StallPolicy) -> bool:
+    """Whether a job is still active and not stuck; a job newly found stuck is printed now.
+
+    True while our own database connection is down (ask again later).
+    """
     try:
-        return bool(monkey.active())
+        active = monkey.active()
+        for plan in active:
+            if plan.job_id in monkey.tally.stuck:
+                continue
+            reason = why_stuck(monkey.cluster, plan.job_id, policy)
+            if reason is not None:
+                monkey.tally.stuck[plan.job_id] = reason
+                print(f"STUCK {plan.job_id[:8]}: {reason}", flush=True)
+        return any(plan.job_id not in monkey.tally.stuck for plan in active)
     except Exception:  # noqa: BLE001 - a PostgreSQL restart in progress: ask again later
         return True
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: the run stops waiting and reports."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        print(f"signal {signum}: stopping the run and reporting", file=sys.stderr, flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop
 
 
 def download_continuously(api: Api, job_ids: list[str], tally: Tally,
@@ -188,7 +299,12 @@ def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Ta
     if restart_problem and arguments.pg_restarts:
         tally.notes.append(f"PostgreSQL restarts skipped: {restart_problem}")
     started = time.monotonic()
-    with Cluster.create(ADMIN_URL, home / "home", lease_seconds=arguments.lease) as cluster:
+    stop = stop_on_signals()
+    policy = StallPolicy(floor_seconds=arguments.stall_floor,
+                         trial_multiple=arguments.stall_multiple)
+    with Cluster.create(ADMIN_URL, home / "home", lease_seconds=arguments.lease,
+                        stall_floor_seconds=policy.floor_seconds,
+                        stall_trial_multiple=policy.trial_multiple) as cluster:
         api = cluster.start_api()
         for _ in range(arguments.workers):
             cluster.start_worker()
@@ -204,13 +320,23 @@ def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Ta
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + arguments.deadline_minutes * 60
-        while time.monotonic() < deadline and still_running(monkey):
-            time.sleep(2)
+        while waiting_on(monkey, policy):
+            if stop.is_set():
+                tally.ended_by = "stopped by a signal"
+                break
+            if time.monotonic() >= deadline:
+                tally.ended_by = f"deadline of {arguments.deadline_minutes:g} min passed"
+                break
+            stop.wait(2)
+        else:
+            if tally.stuck:
+                tally.ended_by = "every job ended or is stuck"
         monkey.stop.set()
         stop_downloads.set()
         for thread in threads:
             thread.join(60)
         outcomes = [inspect_job(cluster, job_id) for job_id in job_ids]
+        tally.stalls_reported = count_stalls(cluster.engine)
         for outcome in outcomes:
             if outcome.status == JobStatus.SUCCEEDED.value:
                 tally.partial_downloads += download_problems(api, cluster.job(outcome.job_id))
@@ -234,8 +360,11 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
     lost = sum(o.lost_trials for o in outcomes)
     duplicated = sum(o.duplicated_trials for o in outcomes)
     problems = [f"{o.job_id[:8]}: {p}" for o in outcomes for p in o.problems]
+    detector_stuck = sum(o.stuck and o.job_id in tally.stuck for o in outcomes)
+    stall_failures = sum(1 for o in failed if (o.error or "").startswith("search_stalled"))
     print(f"chaos run: seed {arguments.seed}, {len(outcomes)} jobs, {arguments.workers} "
-          f"workers kept alive, lease {arguments.lease:g} s, {seconds / 60:.1f} min\n")
+          f"workers kept alive, lease {arguments.lease:g} s, stall floor "
+          f"{arguments.stall_floor:g} s, {seconds / 60:.1f} min ({tally.ended_by})\n")
     print("| fault injected | count |\n|---|---:|")
     for name, count in sorted(tally.faults.items()):
         print(f"| {name} | {count} |")
@@ -244,6 +373,8 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
     print("|---|---|---|---|---:|---|")
     for plan, outcome in zip(plans, outcomes, strict=True):
         status = outcome.status + (f" ({outcome.error[:60]})" if outcome.error else "")
+        if outcome.stuck:
+            status += " (stuck)" if outcome.job_id in tally.stuck else " (unfinished)"
         print(f"| {plan.job_id[:8]} | {', '.join(plan.points)} | {', '.join(plan.injected) or '-'}"
               f" | {status} | {outcome.attempts} | {outcome.finished_trials} / "
               f"{outcome.n_trials} |")
@@ -253,6 +384,9 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
     print(f"| jobs failed with a reason | {with_reason} | |")
     print(f"| jobs failed without a reason | {len(failed) - with_reason} | 0 |")
     print(f"| jobs stuck | {stuck} | 0 |")
+    print(f"| of them, stuck by the stall detector's rule | {detector_stuck} | 0 |")
+    print(f"| stalls reported by the workers (stall events) | {tally.stalls_reported} | |")
+    print(f"| jobs failed by the stall detector | {stall_failures} | |")
     print(f"| trials lost | {lost} | 0 |")
     print(f"| trials duplicated | {duplicated} | 0 |")
     print(f"| downloads checked while faults ran | {tally.downloads_checked} | |")
@@ -261,7 +395,8 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
     if tally.monkey_errors:
         tally.notes.append("the fault injector's own database reads failed (retried): "
                            + ", ".join(f"{n} x {c}" for n, c in tally.monkey_errors.items()))
-    for line in [*problems, *tally.partial_downloads, *tally.notes]:
+    stuck_reasons = [f"{job_id[:8]} stuck: {why}" for job_id, why in tally.stuck.items()]
+    for line in [*problems, *stuck_reasons, *tally.partial_downloads, *tally.notes]:
         print(f"  - {line}")
     bad = stuck + lost + duplicated + len(tally.partial_downloads) + len(problems)
     return 1 if bad else 0
@@ -270,19 +405,26 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--faults", type=int, default=2, help="worker kills per job, at most")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--api-restarts", type=int, default=1)
     parser.add_argument("--pg-restarts", type=int, default=2)
     parser.add_argument("--lease", type=float, default=4.0, help="TOPIARY_LEASE_SECONDS")
-    parser.add_argument("--deadline-minutes", type=float, default=25.0)
+    parser.add_argument("--deadline-minutes", type=float, default=None,
+                        help="stop and report after this long (default: 5 per job, at least 25)")
+    parser.add_argument("--stall-floor", type=float, default=120.0,
+                        help="TOPIARY_STALL_FLOOR_SECONDS of the workers (and of the stuck rule)")
+    parser.add_argument("--stall-multiple", type=float, default=3.0,
+                        help="TOPIARY_STALL_TRIAL_MULTIPLE of the workers")
     parser.add_argument("--keep", type=Path, default=None, help="copy process logs here")
     parser.add_argument("--quick", action="store_true", help="2 jobs, 1 fault each")
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.jobs, arguments.faults, arguments.pg_restarts = 2, 1, 1
-        arguments.deadline_minutes = min(arguments.deadline_minutes, 12)
+        arguments.deadline_minutes = min(arguments.deadline_minutes or 12, 12)
+    if arguments.deadline_minutes is None:
+        arguments.deadline_minutes = max(25.0, 5.0 * arguments.jobs)
     return report(arguments, *run(arguments))
 
 

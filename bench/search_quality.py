@@ -53,6 +53,7 @@ import torch_pruning as tp
 from torch import nn
 
 from core.spec import JobSpec
+from core.trial import TrialRecord, is_feasible
 from models.datasets import DataSplits, load_dataset
 from models.groups import final_classifier
 from models.importance import (
@@ -65,8 +66,10 @@ from models.importance import (
 from models.measure import latency_against, measure_model
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
-from search.constraints import active_limits, is_feasible, violations
+from search.constraints import active_limits, violations
+from search.costs import LatencyCache
 from search.objective import Objective, SearchContext, measure_baseline
+from search.result import FinishedTrial, best_feasible_trials
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
 from search.storage import open_storage, silence_optuna_logs
@@ -188,7 +191,7 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
     if warm:
         example = setup.splits.example_input()
         blocks = [b for b in setup.blocks if b.name in context.space.blocks]
-        measured: dict[str, dict[str, Any]] = {}
+        measured = LatencyCache()
         plans = seed_plans(setup.model, example, setup.groups, blocks, setup.scores,
                            target_ratio(spec.objective.constraints, setup.baseline,
                                         spec.latency),
@@ -202,33 +205,36 @@ def run_search(setup: Setup, spec: JobSpec, warm: bool, folder: Path) -> Outcome
                      if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.number)
     outcome = Outcome(trials=len(trials))
     best_so_far: float | None = None
-    best_trial = None
     for trial in trials:
-        attrs = trial.user_attrs
-        outcome.log.append({"number": trial.number, "label": attrs.get(WARM_START_ATTR, ""),
-                            "feasible": attrs.get("feasible"), "accuracy": attrs.get("accuracy"),
-                            "flops": attrs["flops"] / setup.baseline["flops"],
-                            "latency": attrs["latency_ms"] / setup.baseline["latency_ms"],
-                            "dropped": len(attrs["plan"]["drop_blocks"]),
-                            "drop_blocks": attrs["plan"]["drop_blocks"],
-                            "keep": attrs["plan"]["keep"]})
-        if trial.user_attrs.get("feasible"):
+        record = TrialRecord.from_trial(trial)
+        plan_dict = record.plan or {}
+        outcome.log.append({"number": trial.number,
+                            "label": trial.user_attrs.get(WARM_START_ATTR, ""),
+                            "feasible": record.feasible, "accuracy": record.accuracy,
+                            "flops": (record.flops or 0.0) / setup.baseline["flops"],
+                            "latency": (record.latency_ms or 0.0) / setup.baseline["latency_ms"],
+                            "dropped": len(plan_dict.get("drop_blocks", [])),
+                            "drop_blocks": plan_dict.get("drop_blocks", []),
+                            "keep": plan_dict.get("keep", {})})
+        if record.feasible and record.accuracy is not None:
             outcome.feasible += 1
-            if best_so_far is None or trial.user_attrs["accuracy"] > best_so_far:
-                best_so_far, best_trial = trial.user_attrs["accuracy"], trial
+            best_so_far = max(best_so_far or record.accuracy, record.accuracy)
         outcome.curve.append(best_so_far)
-    if best_trial is not None:
-        plan = PrunePlan.from_dict(best_trial.user_attrs["plan"])
+    best = best_feasible_trials(study)
+    if best:
+        best_trial = FinishedTrial.of(best[0])
+        best_record = best_trial.record
+        plan = PrunePlan.from_dict(best_trial.plan)
         model = copy.deepcopy(setup.model)
         apply_plan(model, plan, setup.splits.example_input(),
                    importance=(context.importance_factory(model)
                                if context.importance_factory else None))
         _, outcome.test = tune_and_score(model, setup, spec, spec.seed + best_trial.number)
-        outcome.val = best_trial.user_attrs["accuracy"]
-        outcome.flops_ratio = best_trial.user_attrs["flops"] / setup.baseline["flops"]
-        outcome.latency_ratio = best_trial.user_attrs["latency_ms"] / setup.baseline["latency_ms"]
+        outcome.val = best_record.accuracy
+        outcome.flops_ratio = (best_record.flops or 0.0) / setup.baseline["flops"]
+        outcome.latency_ratio = (best_record.latency_ms or 0.0) / setup.baseline["latency_ms"]
         outcome.dropped = len(plan.drop_blocks)
-        outcome.best_from = f"#{best_trial.number} {best_trial.user_attrs.get(WARM_START_ATTR, '')}"
+        outcome.best_from = f"#{best_trial.number} {best[0].user_attrs.get(WARM_START_ATTR, '')}"
     outcome.seconds = time.perf_counter() - started
     return outcome
 

@@ -57,6 +57,7 @@ from bench._common import (  # noqa: E402
 )
 from bench._worker_profile import profile_table  # noqa: E402
 from core.spec import JobSpec  # noqa: E402
+from core.trial import TrialRecord  # noqa: E402
 from search.budget import FINISHED, is_surplus  # noqa: E402
 from service.db import create_engine_for  # noqa: E402
 from service.jobs import count_live_workers, get_job, list_events, submit_job  # noqa: E402
@@ -112,11 +113,12 @@ class SearchStats:
     def of(cls, trials: list[FrozenTrial]) -> SearchStats:
         counted = [t for t in trials if not is_surplus(t)]
         finished = [t for t in counted if t.state in FINISHED and t.datetime_complete]
+        records = [TrialRecord.from_trial(t) for t in finished]
         start = min(t.datetime_start.timestamp() for t in counted if t.datetime_start)
         end = max(t.datetime_complete.timestamp() for t in finished)
         workers: dict[str, list[FrozenTrial]] = {}
-        for trial in finished:
-            workers.setdefault(trial.user_attrs.get("worker", "?"), []).append(trial)
+        for trial, record in zip(finished, records, strict=True):
+            workers.setdefault(record.worker or "?", []).append(trial)
         gaps = []
         for own in workers.values():
             own.sort(key=lambda t: t.datetime_start)
@@ -124,7 +126,7 @@ class SearchStats:
                      for a, b in zip(own, own[1:], strict=False)]
         return cls(
             finished=len(finished),
-            fine_tuned=sum(1 for t in finished if t.user_attrs.get("fine_tune_seconds")),
+            fine_tuned=sum(1 for record in records if record.fine_tune_seconds),
             duplicates=len(finished) - len({json.dumps(t.params, sort_keys=True)
                                             for t in finished}),
             surplus=sum(1 for t in trials if is_surplus(t)),
@@ -133,10 +135,9 @@ class SearchStats:
                                                    reverse=True),
             trial_seconds=median((t.datetime_complete - t.datetime_start).total_seconds()
                                  for t in finished),
-            fine_tune_seconds=median(t.user_attrs.get("fine_tune_seconds", 0.0)
-                                     for t in finished),
+            fine_tune_seconds=median(record.fine_tune_seconds or 0.0 for record in records),
             gap_seconds=median(gaps),
-            mean_macs=sum(t.user_attrs.get("flops", 0.0) for t in finished) / len(finished))
+            mean_macs=sum(record.flops or 0.0 for record in records) / len(finished))
 
 
 @dataclass

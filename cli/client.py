@@ -29,11 +29,12 @@ from typing import Any
 import httpx
 import yaml
 
+from core.catalog import CHECKPOINT_FORMATS
 from core.errors import TopiaryError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-CHECKPOINT_SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
+CHECKPOINT_SUFFIXES = CHECKPOINT_FORMATS
 _CHUNK_BYTES = 1024 * 1024
 
 JobUpdate = Callable[[dict[str, Any]], None]
@@ -293,7 +294,7 @@ class TopiaryClient:
 
         Args:
             job_id: a succeeded job.
-            checkpoint_format: ``safetensors``, ``onnx`` or ``torchscript``.
+            checkpoint_format: ``safetensors``, ``onnx``, ``pt2`` or ``torchscript``.
             path: destination file, or an existing folder; None: the server's file
                 name in the current folder.
 

@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from cli.client import ClientError, TopiaryClient
+from cli.processes import ChildExited, ChildProcesses, free_port
 from cli.view import JobWatcher, job_summary
 from service.config import Settings
 
@@ -40,7 +37,6 @@ EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 READY_TIMEOUT_SECONDS = 120.0
 STOP_TIMEOUT_SECONDS = 20.0
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -82,82 +78,6 @@ def demo_spec(options: DemoOptions) -> dict[str, Any]:
     }
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Ask Linux to SIGTERM this child when the demo process dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-class ChildProcesses:
-    """The demo's API and worker processes, their logs, and stopping them.
-
-    Args:
-        environment: the children's environment.
-        log_dir: each child's stdout and stderr go to ``<name>.log`` here.
-    """
-
-    def __init__(self, environment: dict[str, str], log_dir: Path) -> None:
-        self.environment = environment
-        self.log_dir = log_dir
-        self.children: dict[str, tuple[subprocess.Popen[bytes], TextIO]] = {}
-
-    def start(self, name: str, arguments: list[str]) -> subprocess.Popen[bytes]:
-        log_path = self.log_path(name)
-        log = log_path.open("a", encoding="utf-8")
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(arguments)}\n")
-        log.flush()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *arguments], env=self.environment,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
-        self.children[name] = (process, log)
-        return process
-
-    def log_path(self, name: str) -> Path:
-        return self.log_dir / f"demo-{name}.log"
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            text = self.log_path(name).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def exited(self) -> str | None:
-        """The name of a child that has exited, if any."""
-        for name, (process, _log) in self.children.items():
-            if process.poll() is not None:
-                return name
-        return None
-
-    def stop_all(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        """SIGTERM every child (worker first), wait, SIGKILL what is left."""
-        for _name, (process, _log) in reversed(list(self.children.items())):
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + timeout
-        for process, log in self.children.values():
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
-        self.children.clear()
-
-
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """A SIGTERM to the demo cleans up like Ctrl-C does."""
@@ -181,6 +101,11 @@ def _ignoring_interrupts() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
+
+
+def _topiary(arguments: list[str]) -> list[str]:
+    """The ``topiary`` command line with ``arguments``, run by this Python."""
+    return [sys.executable, "-m", "cli.main", *arguments]
 
 
 class DemoFailed(Exception):
@@ -208,8 +133,9 @@ class Demo:
                        "TOPIARY_AUTH": "none", "TOPIARY_HOST": "127.0.0.1",
                        "PYTHONUNBUFFERED": "1"}
         environment.pop("TOPIARY_PORT", None)
-        self.children = ChildProcesses(environment, self.settings.home / "logs")
-        self.children.log_dir.mkdir(parents=True, exist_ok=True)
+        # Started by this (main) thread, so they may die with it.
+        self.children = ChildProcesses(environment, self.settings.home / "logs",
+                                       die_with_parent=True, log_prefix="demo-")
         self.client = TopiaryClient(self.url, key="", timeout=30.0)
         self.job_id: str | None = None
 
@@ -223,7 +149,7 @@ class Demo:
                 self.errors.print("[yellow]interrupted[/yellow]: cancelling the demo job and "
                                   "stopping the API and the worker", highlight=False)
                 self._cancel_quietly()
-                self.children.stop_all()
+                self.children.stop_all(STOP_TIMEOUT_SECONDS)
             return EXIT_INTERRUPTED
         except (DemoFailed, ClientError) as error:
             self.errors.print(f"[red]demo failed:[/red] {escape(str(error))}", soft_wrap=True,
@@ -231,7 +157,7 @@ class Demo:
             return EXIT_FAILED
         finally:
             with _ignoring_interrupts():
-                self.children.stop_all()
+                self.children.stop_all(STOP_TIMEOUT_SECONDS)
                 self.client.close()
 
     def _steps(self) -> int:
@@ -242,7 +168,7 @@ class Demo:
         worker_arguments = ["worker", "--device", self.options.device]
         if self.options.threads is not None:
             worker_arguments += ["--threads", str(self.options.threads)]
-        worker = self.children.start("worker", worker_arguments)
+        worker = self.children.start("worker", _topiary(worker_arguments))
         self.console.print(f"worker started (pid {worker.pid}, device {self.options.device}, "
                            f"log {self.children.log_path('worker')})", highlight=False,
                            soft_wrap=True)
@@ -263,7 +189,7 @@ class Demo:
                                           self.settings.home / "demo" / f"{job['id']}.safetensors")
         self.console.print(f"downloaded {checkpoint} (sha256 verified)", highlight=False,
                            soft_wrap=True)
-        self.children.stop_all()
+        self.children.stop_all(STOP_TIMEOUT_SECONDS)
         self.console.print("API and worker stopped; re-measuring the checkpoint here")
         from cli.demo_measure import before_after_table, remeasure
 
@@ -274,19 +200,14 @@ class Demo:
         return 0
 
     def _start_api(self) -> None:
-        api = self.children.start("api", ["serve", "--host", "127.0.0.1",
-                                           "--port", str(self.port)])
+        api = self.children.start("api", _topiary(["serve", "--host", "127.0.0.1",
+                                                    "--port", str(self.port)]))
         self.console.print(f"API starting on {self.url} (pid {api.pid}, log "
-                           f"{self.children.log_path('api')})", highlight=False)
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-        while not self.client.ready():
-            if api.poll() is not None:
-                raise DemoFailed(f"the API exited with status {api.returncode}; its log "
-                                 f"ends with:\n{self.children.log_tail('api')}")
-            if time.monotonic() > deadline:
-                raise DemoFailed(f"the API did not become ready in {READY_TIMEOUT_SECONDS:g} s; "
-                                 f"see {self.children.log_path('api')}")
-            time.sleep(0.2)
+                           f"{api.log_path})", highlight=False)
+        try:
+            api.wait_until(self.client.ready, READY_TIMEOUT_SECONDS, "become ready")
+        except (ChildExited, TimeoutError) as error:
+            raise DemoFailed(str(error)) from error
 
     def _cancel_leftovers(self) -> None:
         """Cancel demo jobs an interrupted earlier run left behind, so this one goes first."""
@@ -302,9 +223,9 @@ class Demo:
             watcher.update(job)
             stopped = self.children.exited()
             if stopped is not None:
-                raise DemoFailed(f"the {stopped} process exited while job {job_id} was "
+                raise DemoFailed(f"the {stopped.name} process exited while job {job_id} was "
                                  f"{job['status']}; its log ends with:\n"
-                                 f"{self.children.log_tail(stopped)}")
+                                 f"{stopped.log_tail()}")
 
         with JobWatcher(self.console) as watcher:
             return self.client.wait(job_id, poll=self.options.poll_seconds, on_update=on_update)

@@ -121,7 +121,7 @@ def trials(job_id: JobIdArgument, pareto: Annotated[bool, typer.Option(
 
 def download(job_id: JobIdArgument,
              checkpoint_format: Annotated[
-                 Literal["safetensors", "onnx", "torchscript"],
+                 Literal["safetensors", "onnx", "pt2", "torchscript"],
                  typer.Option("--format", "-f", help="which export")] = "safetensors",
              output: Annotated[Path | None, typer.Option(
                  "--output", "-o", show_default=False,

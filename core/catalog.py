@@ -41,15 +41,37 @@ class ArchitectureInfo:
         return asdict(self)
 
 
+#: Normalisation statistics by name: (mean, std) per channel of pixels scaled to [0, 1].
+#: One value serves every channel (gray images, or gray repeated to RGB).
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "centered": ((0.5,), (0.5,)),
+}
+
+#: Training augmentations: random crop of a zero-padded image, torchvision's
+#: RandomResizedCrop (for photos of any size), or none. A horizontal flip is separate.
+AUGMENTATIONS = ("pad_crop", "random_resized_crop", "none")
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """One loadable dataset kind.
+    """One loadable dataset kind, with its preprocessing preset.
 
     Attributes:
         name: ``dataset.name`` in a job spec.
         description: one line for humans.
         needs_root: whether a folder under ``TOPIARY_DATA_ROOT`` must be given.
         num_classes: fixed class count, or None when it comes from the data.
+        default_image_size: input side when the spec gives none.
+        native_size: side of the stored images (None: they vary, as in an ImageFolder).
+        channels: 1 for grayscale data, 3 for RGB.
+        normalization: preset statistics, a key of ``NORMALIZATIONS``.
+        augmentation: preset training augmentation, one of ``AUGMENTATIONS``.
+        flip: preset random horizontal flip in training (not for digits: a mirrored
+            2 is no 2).
     """
 
     name: str
@@ -58,6 +80,11 @@ class DatasetInfo:
     num_classes: int | None
     default_image_size: int
     arguments: dict[str, Any] = field(default_factory=dict)
+    native_size: int | None = None
+    channels: int = 3
+    normalization: str = "cifar"
+    augmentation: str = "pad_crop"
+    flip: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,7 +94,7 @@ def _cifar_resnet(depth: int) -> ArchitectureInfo:
     return ArchitectureInfo(
         name=f"cifar_resnet{depth}",
         description=f"CIFAR-style ResNet-{depth} (He et al. 2016), 3 stages of basic blocks",
-        arguments={"num_classes": 10, "width": 16},
+        arguments={"num_classes": 10, "width": 16, "in_channels": 3},
         default_input_size=32,
         family="cifar_resnet",
     )
@@ -77,7 +104,7 @@ def _vgg(depth: int) -> ArchitectureInfo:
     return ArchitectureInfo(
         name=f"vgg{depth}_bn",
         description=f"VGG-{depth} with BatchNorm, CIFAR variant (global pooling, one linear head)",
-        arguments={"num_classes": 10},
+        arguments={"num_classes": 10, "in_channels": 3},
         default_input_size=32,
         family="vgg",
     )
@@ -87,7 +114,7 @@ def _torchvision(name: str, description: str) -> ArchitectureInfo:
     return ArchitectureInfo(
         name=name,
         description=description,
-        arguments={"num_classes": 1000, "small_input": False},
+        arguments={"num_classes": 1000, "small_input": False, "in_channels": 3},
         default_input_size=224,
         family="torchvision",
     )
@@ -115,6 +142,37 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=False,
             num_classes=10,
             default_image_size=16,
+            native_size=8,
+            channels=1,
+            normalization="centered",
+            augmentation="none",
+            flip=False,
+        ),
+        DatasetInfo(
+            name="mnist",
+            description="MNIST handwritten digits from the four IDX files (gzipped or not) in "
+                        "a folder; 60k train, the official 10k test split",
+            needs_root=True,
+            num_classes=10,
+            default_image_size=28,
+            native_size=28,
+            channels=1,
+            normalization="mnist",
+            augmentation="pad_crop",
+            flip=False,
+        ),
+        DatasetInfo(
+            name="fashion_mnist",
+            description="Zalando's Fashion-MNIST from the four IDX files (gzipped or not) in a "
+                        "folder, e.g. Debian's dataset-fashion-mnist; 60k train, 10k test",
+            needs_root=True,
+            num_classes=10,
+            default_image_size=28,
+            native_size=28,
+            channels=1,
+            normalization="fashion_mnist",
+            augmentation="pad_crop",
+            flip=True,
         ),
         DatasetInfo(
             name="cifar10",
@@ -122,6 +180,7 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=True,
             num_classes=10,
             default_image_size=32,
+            native_size=32,
         ),
         DatasetInfo(
             name="cifar100",
@@ -129,15 +188,27 @@ DATASETS: dict[str, DatasetInfo] = {
             needs_root=True,
             num_classes=100,
             default_image_size=32,
+            native_size=32,
         ),
         DatasetInfo(
             name="imagefolder",
-            description="one sub-folder of images per class (torchvision ImageFolder)",
+            description="train/ and val/ folders with one sub-folder of images per class "
+                        "(torchvision ImageFolder)",
             needs_root=True,
             num_classes=None,
             default_image_size=64,
+            normalization="imagenet",
+            augmentation="random_resized_crop",
         ),
     ]
+}
+
+#: Download formats of the pruned model (``?format=``) and their file suffixes.
+CHECKPOINT_FORMATS: dict[str, str] = {
+    "safetensors": ".safetensors",
+    "onnx": ".onnx",
+    "pt2": ".pt2",
+    "torchscript": ".pt",
 }
 
 

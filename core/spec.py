@@ -63,11 +63,55 @@ class ModelSpec(_Strict):
         return self
 
 
+class PreprocessingSpec(_Strict):
+    """How images become network inputs. A field left null takes the dataset's preset
+    (``GET /v1/datasets`` lists them); the pruned checkpoint records what was used."""
+
+    normalization: Literal["cifar", "imagenet", "mnist", "fashion_mnist", "centered",
+                           "custom"] | None = Field(
+        default=None, description="named mean/std statistics, or custom (give mean and std)")
+    mean: list[float] | None = Field(default=None, min_length=1, max_length=3,
+                                     description="per channel, of pixels scaled to [0, 1]")
+    std: list[float] | None = Field(default=None, min_length=1, max_length=3)
+    augmentation: Literal["pad_crop", "random_resized_crop", "none"] | None = Field(
+        default=None, description="training augmentation: crop of a zero-padded image, "
+                                  "RandomResizedCrop, or none")
+    flip: bool | None = Field(default=None, description="random horizontal flip in training")
+    padding: int | None = Field(default=None, ge=1, le=64,
+                                description="pad_crop padding; default image_size / 8")
+    resize: int | None = Field(
+        default=None, ge=8, le=4096,
+        description="ImageFolder evaluation: shorter side resized to this, then a centre crop "
+                    "of image_size; default image_size / 0.875")
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="grayscale data: 1 keeps one channel (the architecture "
+                                  "needs in_channels: 1), 3 (the default) repeats it")
+
+    @model_validator(mode="after")
+    def _statistics(self) -> PreprocessingSpec:
+        given = self.mean is not None or self.std is not None
+        if self.normalization == "custom" or given:
+            if self.normalization not in (None, "custom"):
+                raise ValueError("mean and std go with normalization: custom (or none named)")
+            if self.mean is None or self.std is None or len(self.mean) != len(self.std):
+                raise ValueError("custom normalization needs mean and std of the same length "
+                                 "(1 value, or 1 per channel)")
+            if any(value <= 0 for value in self.std):
+                raise ValueError("every std must be > 0")
+        return self
+
+
 class DatasetSpec(_Strict):
-    name: str = Field(description="digits | cifar10 | cifar100 | imagefolder")
+    name: str = Field(description="digits | mnist | fashion_mnist | cifar10 | cifar100 | "
+                                  "imagefolder")
     image_size: int | None = Field(default=None, ge=8, le=1024)
     root: str | None = Field(default=None, max_length=1024,
                              description="folder relative to TOPIARY_DATA_ROOT")
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
+    loader_workers: int | None = Field(
+        default=None, ge=0, le=64,
+        description="data-loading worker processes for image files; default from the cores "
+                    "a worker has per device")
 
     @field_validator("name")
     @classmethod
@@ -78,10 +122,21 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _root_when_needed(self) -> DatasetSpec:
-        if DATASETS[self.name].needs_root and not self.root:
+        info = DATASETS[self.name]
+        if info.needs_root and not self.root:
             raise ValueError(f"dataset {self.name!r} needs 'root', a folder under the "
                              "server's data root")
+        if self.preprocessing.channels == 1 and info.channels != 1:
+            raise ValueError(f"preprocessing.channels 1 is for grayscale data; {self.name!r} "
+                             "is RGB")
+        if self.preprocessing.resize is not None and info.native_size is not None:
+            raise ValueError(f"preprocessing.resize is for imagefolder; {self.name!r} images "
+                             "are resized to image_size whole")
         return self
+
+    def input_channels(self) -> int:
+        """Channels the network takes: 3 unless grayscale data keeps its one channel."""
+        return self.preprocessing.channels or 3
 
 
 Ratio = Field(default=None, gt=0, le=1)
@@ -161,24 +216,67 @@ class SearchSpec(_Strict):
     trial_pruner: Literal["none", "median", "hyperband"] = "none"
 
 
+#: ``fine_tune.learning_rate`` is quoted for this batch size (see ``scale_learning_rate``).
+REFERENCE_BATCH_SIZE = 64
+
+
 class FineTuneSpec(_Strict):
     trial_epochs: int = Field(default=2, ge=0, le=100)
+    trial_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000,
+        description="optimiser steps per trial, instead of trial_epochs (large datasets)")
+    trial_eval_images: int | None = Field(
+        default=10_000, ge=1, le=10_000_000,
+        description="a trial is scored on at most this many validation images, the same "
+                    "ones for every trial; null scores on the whole validation split")
     final_epochs: int = Field(default=15, ge=0, le=1000)
     baseline_epochs: int = Field(default=15, ge=1, le=1000,
                                  description="epochs to train a baseline when weights is null")
     distill: bool = True
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default="sgd", description="SGD with Nesterov momentum 0.9, or AdamW")
     learning_rate: float = Field(default=0.01, gt=0, le=10)
+    scale_learning_rate: bool = Field(
+        default=True, description=f"learning_rate is for batch {REFERENCE_BATCH_SIZE} and "
+                                  "scales linearly with batch_size")
+    warmup_epochs: float = Field(default=0.0, ge=0, le=100, description=(
+        "linear learning-rate warm-up before the cosine decay (at most half a run)"))
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
+    decay_norm_and_bias: bool = Field(
+        default=False, description="also decay norm-layer weights and biases")
     batch_size: int = Field(default=64, ge=1, le=4096)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    channels_last: bool = Field(default=True, description=(
+        "channels_last memory format on a CUDA worker (ignored on CPU)"))
     amp: bool = Field(default=True, description=(
-        "float16 mixed precision for every training run on a CUDA worker (ignored on CPU); "
-        "small networks on small images train faster without it"))
+        "mixed precision for every training run on a CUDA worker (ignored on CPU): bfloat16 "
+        "autocast where the GPU supports it, else float16 with gradient scaling; small "
+        "networks on small images train faster without it"))
+
+    @model_validator(mode="after")
+    def _one_trial_budget(self) -> FineTuneSpec:
+        if self.trial_steps is not None and "trial_epochs" in self.model_fields_set:
+            raise ValueError("give trial_steps or trial_epochs, not both")
+        return self
+
+    def trial_budget(self) -> dict[str, int]:
+        """A trial's fine-tune length as ``models.train.fine_tune`` arguments:
+        ``{"epochs": n}``, or ``{"epochs": 0, "steps": n}`` with ``trial_steps``."""
+        if self.trial_steps is not None:
+            return {"epochs": 0, "steps": self.trial_steps}
+        return {"epochs": self.trial_epochs}
 
     def training_settings(self) -> dict[str, Any]:
         """What the baseline, the trials and the final fine-tune share, as
         ``models.train.TrainConfig`` fields (``amp=None``: on exactly on CUDA)."""
         return {"learning_rate": self.learning_rate, "batch_size": self.batch_size,
-                "label_smoothing": self.label_smoothing, "amp": None if self.amp else False}
+                "label_smoothing": self.label_smoothing, "amp": None if self.amp else False,
+                "optimizer": self.optimizer, "weight_decay": self.weight_decay,
+                "decay_norm_and_bias": self.decay_norm_and_bias,
+                "warmup_epochs": self.warmup_epochs,
+                "reference_batch_size": REFERENCE_BATCH_SIZE if self.scale_learning_rate
+                else None,
+                "channels_last": None if self.channels_last else False}
 
 
 class JobSpec(_Strict):
@@ -192,6 +290,17 @@ class JobSpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     fine_tune: FineTuneSpec = Field(default_factory=FineTuneSpec)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _channels_agree(self) -> JobSpec:
+        in_channels = self.model.arguments.get("in_channels", 3)
+        wanted = self.dataset.input_channels()
+        if in_channels != wanted:
+            raise ValueError(
+                f"model.arguments.in_channels is {in_channels} but the data gives {wanted} "
+                "channel(s): set dataset.preprocessing.channels and in_channels alike "
+                "(1 keeps grayscale data at one channel)")
+        return self
 
     def num_classes(self) -> int:
         """The classifier size: the model's, else the dataset's fixed count."""

@@ -3,11 +3,15 @@
 A pruned network is stored as its weights plus, in the safetensors header, what
 is needed to rebuild its shape: the registry architecture and its arguments,
 the prune plan (which names groups and blocks of the unpruned network), the
-input shape and the measured metrics. ``load_pruned`` builds the original
-network, applies the plan (which channels it keeps does not matter: every
-weight is overwritten), loads the weights strictly and returns the model.
-No pickle is involved anywhere. ONNX and TorchScript files sit beside it for
-deployment. Every file is written under a temporary name and moved into place.
+input shape, the measured metrics and the preprocessing an input needs (resize,
+crop, mean, std, channels; ``models.data.Preprocessing.to_metadata``).
+``load_pruned`` builds the original network, applies the plan (which channels it
+keeps does not matter: every weight is overwritten), loads the weights strictly
+and returns the model. No pickle is involved anywhere. ONNX, ``torch.export``
+(.pt2) and TorchScript files sit beside it for deployment, each carrying the
+preprocessing (ONNX ``metadata_props``, the others' extra files under
+``PREPROCESSING_KEY``). Every file is written under a temporary name and moved
+into place.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from models.plan import PrunePlan, apply_plan
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_PREFIX",
+    "PREPROCESSING_KEY",
     "export_onnx",
+    "export_program",
     "export_torchscript",
     "load_pruned",
     "read_pruned_metadata",
@@ -49,8 +55,12 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Prefix of every header metadata key Topiary writes.
 METADATA_PREFIX = "topiary."
+#: Where every export keeps the preprocessing, as JSON.
+PREPROCESSING_KEY = f"{METADATA_PREFIX}preprocessing"
 # Metadata fields stored as JSON strings (safetensors metadata values must be strings).
 _JSON_FIELDS = ("arch_arguments", "plan", "input_shape", "metrics")
+# JSON fields that files written before they existed lack (read as None).
+_OPTIONAL_JSON_FIELDS = ("preprocessing",)
 # Largest header read_pruned_metadata accepts (safetensors itself caps it at 100 MB).
 _MAX_HEADER_BYTES = 100_000_000
 
@@ -80,7 +90,7 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
 def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
                 arch_arguments: Mapping[str, Any], plan: PrunePlan | Mapping[str, Any],
                 input_shape: Sequence[int], metrics: Mapping[str, Any],
-                verify: bool = True) -> str:
+                preprocessing: Mapping[str, Any] | None = None, verify: bool = True) -> str:
     """Write a pruned network as ONE safetensors file that can rebuild itself.
 
     Args:
@@ -92,6 +102,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
         plan: the plan that was applied (a ``PrunePlan`` or its ``to_dict()``).
         input_shape: one input without the batch, e.g. ``(3, 32, 32)``.
         metrics: measured numbers (accuracy, latency, ...), JSON-serialisable.
+        preprocessing: how to turn an image into the input
+            (``models.data.Preprocessing.to_metadata()``).
         verify: rebuild the architecture from the metadata first and refuse to
             write a file whose tensors would not fit it.
 
@@ -114,6 +126,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike[str], *, arch: str,
         f"{METADATA_PREFIX}input_shape": _to_json("input_shape", list(shape)),
         f"{METADATA_PREFIX}metrics": _to_json("metrics", dict(metrics)),
     }
+    if preprocessing is not None:
+        metadata[PREPROCESSING_KEY] = _to_json("preprocessing", dict(preprocessing))
     if verify:
         _rebuild(arch, dict(arch_arguments), plan, shape, tensors,
                  what=f"the model to save as {str(path)!r}")
@@ -149,7 +163,8 @@ def read_pruned_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Returns:
         ``{"format_version": int, "arch": str, "arch_arguments": dict, "plan": dict,
-        "input_shape": list[int], "metrics": dict}``.
+        "input_shape": list[int], "metrics": dict, "preprocessing": dict | None}``
+        (None for files written before checkpoints recorded it).
 
     Raises:
         CheckpointError: not a safetensors file, not written by ``save_pruned``,
@@ -172,7 +187,10 @@ def read_pruned_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
                               f"reads up to {FORMAT_VERSION}. Upgrade Topiary to load it")
     metadata: dict[str, Any] = {"format_version": version,
                                 "arch": raw[f"{METADATA_PREFIX}arch"]}
-    for name in _JSON_FIELDS:
+    for name in (*_JSON_FIELDS, *_OPTIONAL_JSON_FIELDS):
+        if f"{METADATA_PREFIX}{name}" not in raw:
+            metadata[name] = None
+            continue
         try:
             metadata[name] = json.loads(raw[f"{METADATA_PREFIX}{name}"])
         except json.JSONDecodeError as error:
@@ -221,8 +239,24 @@ def load_pruned(path: str | os.PathLike[str], device: str | torch.device = "cpu"
     return model
 
 
+def _extra_files(preprocessing: Mapping[str, Any] | None) -> dict[str, str]:
+    if preprocessing is None:
+        return {}
+    return {PREPROCESSING_KEY: _to_json("preprocessing", dict(preprocessing))}
+
+
+def _add_onnx_metadata(path: Path, properties: Mapping[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        **properties})
+    onnx.save(model, str(path))
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int],
-                dynamic_batch: bool = True) -> None:
+                dynamic_batch: bool = True,
+                preprocessing: Mapping[str, Any] | None = None) -> None:
     """Export to ONNX (one self-contained file; input ``input``, output ``logits``).
 
     Uses the ``torch.export``-based exporter and falls back to the TorchScript-based
@@ -233,6 +267,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Seq
         path: destination; written atomically.
         input_shape: one input without the batch.
         dynamic_batch: make the batch dimension symbolic (any batch size runs).
+        preprocessing: written as JSON into the model's ``metadata_props`` under
+            ``PREPROCESSING_KEY`` (ONNX Runtime: ``session.get_modelmeta()
+            .custom_metadata_map``).
 
     Raises:
         ExportError: both exporters failed (both reasons given).
@@ -265,20 +302,58 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], input_shape: Seq
                         f"ONNX export of {type(model).__name__} failed with both exporters: "
                         f"torch.export-based: {dynamo_error}; TorchScript-based: {legacy_error}"
                     ) from legacy_error
+            if preprocessing is not None:
+                _add_onnx_metadata(temporary, _extra_files(preprocessing))
+    finally:
+        model.train(was_training)
+
+
+def export_program(model: nn.Module, path: str | os.PathLike[str], input_shape: Sequence[int],
+                   preprocessing: Mapping[str, Any] | None = None) -> None:
+    """Export a ``torch.export`` program (``.pt2``; ``torch.export.load(path).module()``
+    runs it without our code), with a symbolic batch size.
+
+    Args:
+        model: the network; exported in eval mode (its mode is restored).
+        path: destination; written atomically.
+        input_shape: one input without the batch.
+        preprocessing: stored as the extra file ``PREPROCESSING_KEY`` (JSON); read it
+            with ``torch.export.load(path, extra_files={PREPROCESSING_KEY: ""})``.
+
+    Raises:
+        ExportError: ``torch.export`` cannot capture the model.
+    """
+    shape = _check_input_shape(input_shape)
+    example = (_example_input(model, shape, batch_size=2),)
+    was_training = model.training
+    model.eval()
+    try:
+        try:
+            program = torch.export.export(model, example,
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception as error:
+            raise ExportError(f"torch.export of {type(model).__name__} failed: {error}") from error
+        with atomic_destination(path) as temporary:
+            torch.export.save(program, str(temporary), extra_files=_extra_files(preprocessing))
     finally:
         model.train(was_training)
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike[str],
-                       input_shape: Sequence[int]) -> None:
+                       input_shape: Sequence[int],
+                       preprocessing: Mapping[str, Any] | None = None) -> None:
     """Export a traced TorchScript module (``torch.jit.load`` reads it without our code).
 
     Tracing fixes control flow, which our CNNs do not have; the batch size stays free.
+    TorchScript is deprecated in PyTorch (``torch.jit.load`` warns); it stays for
+    LibTorch (C++) deployments, where ``torch::jit::load`` is still the way in.
 
     Args:
         model: the network; traced in eval mode (its mode is restored).
         path: destination; written atomically.
         input_shape: one input without the batch.
+        preprocessing: stored as the extra file ``PREPROCESSING_KEY`` (JSON);
+            ``torch.jit.load(path, _extra_files={PREPROCESSING_KEY: ""})`` reads it.
 
     Raises:
         ExportError: the model cannot be traced.
@@ -299,6 +374,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike[str],
                 raise ExportError(f"TorchScript tracing of {type(model).__name__} failed: "
                                   f"{error}") from error
             with atomic_destination(path) as temporary:
-                torch.jit.save(traced, str(temporary))
+                torch.jit.save(traced, str(temporary),
+                               _extra_files=_extra_files(preprocessing))
     finally:
         model.train(was_training)

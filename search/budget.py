@@ -4,9 +4,9 @@ Optuna numbers trials atomically in the storage. A trial runs only when fewer
 than ``n_trials`` trials with a lower number are finished, running or waiting;
 otherwise it is surplus: it ends at once, marked FAIL with the user attribute
 ``surplus`` (hidden from users), and never counts. Finished = COMPLETE or
-PRUNED. A trial whose worker died is failed by the heartbeat and re-queued
-under a new number by Optuna's retry callback, so nothing is lost or counted
-twice.
+PRUNED. A trial whose worker died is failed by the heartbeat (or, when it died
+before the trial's first heartbeat, by ``search.stale``) and re-queued under a
+new number by Optuna's retry callback, so nothing is lost or counted twice.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import TopiaryError
+from search.stale import fail_ownerless_trials
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -66,10 +67,15 @@ def budget_taken(study: optuna.Study, n_trials: int) -> bool:
     return len(study.get_trials(deepcopy=False, states=held)) >= n_trials
 
 
-def fail_stale_trials(study: optuna.Study) -> None:
+def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Fail (and, through the retry callback, re-queue) trials whose worker died.
 
     Optuna does this when a trial starts; a process that is waiting for the
     last trials to finish must do it itself or it would wait for a dead one.
+    Optuna leaves a trial that never had a heartbeat; ``search.stale`` ends those.
+
+    Returns:
+        The numbers of the trials without an owner that this process failed.
     """
     optuna.storages.fail_stale_trials(study)
+    return fail_ownerless_trials(study)

@@ -56,7 +56,3 @@ def active_limits(constraints: Constraints, baseline: dict[str, Any]) -> list[Li
 def violations(limits: list[Limit], metrics: dict[str, Any]) -> dict[str, float]:
     """Constraint name -> violation (<= 0 when met)."""
     return {limit.name: limit.violation(metrics) for limit in limits}
-
-
-def is_feasible(violation_values: dict[str, float]) -> bool:
-    return all(value <= 0 for value in violation_values.values())

@@ -4,28 +4,16 @@ Cheap checks come first: FLOPs, params, memory and latency are measured on
 the pruned but not yet fine-tuned network, and a plan that breaks a hard
 limit is recorded as infeasible without being fine-tuned.
 
-When latency counts (a latency limit, or the weighted and pareto modes), a
-trial's network is timed side by side with the unpruned one (passes
-alternate, ``models.measure.compare_latency``) and its ``latency_ms`` is that
-ratio times the baseline's latency: the baseline was timed once, while
-preparing, and a machine busier or quieter now than then would otherwise
-shift every comparison with it (an unpruned plan passed a 50% latency limit
-that way). ``latency_raw_ms`` keeps the plain timing, ``latency_ratio`` the
-ratio. A plan that breaks only a latency limit on a fresh timing is timed once
-more and keeps the faster result: other processes on a shared machine only
-ever make a timing slower, and one unlucky timing would otherwise discard a
-plan for good. Identical
-architectures reuse an earlier latency measurement (from this process or from
-any finished trial in the study, found by fingerprint), and an enqueued
-warm-start plan reuses the side-by-side timing seeding sized it with
-(``SEEDED_LATENCY_ATTR``): timed again, a plan sized to the limit would miss it
-on every other timing and the best warm start would be lost.
+Costs are measured as ``search.costs`` measures them: when latency counts (a
+latency limit, or the weighted and pareto modes), a trial's network is timed
+side by side with the unpruned one, a plan that breaks only a latency limit is
+timed once more, and a network the study already knows (an earlier trial, or
+seeding's timing of a warm-start plan) reuses its latency.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -37,15 +25,16 @@ import torch
 from torch import nn
 
 from core.spec import JobSpec
+from core.trial import TrialRecord, is_feasible
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
-from models.measure import latency_against, measure_model
+from models.measure import measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
 from search.budget import claim_trial_slot
-from search.constraints import active_limits, is_feasible, violations
+from search.constraints import active_limits, violations
+from search.costs import Aim, CostModel, LatencyCache, LatencyTimer
 from search.space import SearchSpace
-from search.study import SEEDED_LATENCY_ATTR
 
 TrialCallback = Callable[[optuna.Trial, int, float], None]
 
@@ -69,6 +58,7 @@ class SearchContext:
             stops within one step.
         on_epoch: called after every fine-tune epoch (progress, cancellation).
         worker: recorded on every trial this process runs (user attribute ``worker``).
+        latency_cache: latencies this process timed or found, by network fingerprint.
     """
 
     spec: JobSpec
@@ -81,7 +71,7 @@ class SearchContext:
     cancel_event: threading.Event | None = None
     on_epoch: TrialCallback | None = None
     worker: str = ""
-    latency_cache: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_cache: LatencyCache = field(default_factory=LatencyCache)
 
     def example_input(self) -> torch.Tensor:
         return self.splits.example_input()
@@ -104,27 +94,10 @@ def measure_baseline(model: nn.Module, splits: DataSplits, spec: JobSpec,
     cost = measure_model(model, splits.input_shape, device=device,
                          batch_size=spec.latency.batch_size, warmup=spec.latency.warmup,
                          runs=spec.latency.runs).to_dict()
+    # Scored on the validation images the trials are scored on (fine_tune.trial_eval_images).
+    scored = splits.limit("val", spec.fine_tune.trial_eval_images)
     return {**cost, "flops": cost["macs"],
-            "accuracy": evaluate(model, splits, split="val", device=device)}
-
-
-def architecture_fingerprint(model: nn.Module) -> str:
-    """Same parameter names and shapes = same architecture = same latency."""
-    shapes = ";".join(f"{name}:{tuple(p.shape)}" for name, p in model.state_dict().items())
-    return hashlib.sha256(shapes.encode()).hexdigest()[:16]
-
-
-def _cached_latency(context: SearchContext, study: optuna.Study,
-                    fingerprint: str) -> dict[str, float] | None:
-    if fingerprint in context.latency_cache:
-        return context.latency_cache[fingerprint]
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        attrs = trial.user_attrs
-        if attrs.get("arch_fingerprint") == fingerprint and "latency_ms" in attrs:
-            found = {"latency_ms": attrs["latency_ms"], "latency_p90_ms": attrs["latency_p90_ms"]}
-            context.latency_cache[fingerprint] = found
-            return found
-    return None
+            "accuracy": evaluate(model, scored, split="val", device=device)}
 
 
 def latency_counts(spec: JobSpec) -> bool:
@@ -134,61 +107,9 @@ def latency_counts(spec: JobSpec) -> bool:
             or objective.constraints.max_latency_ratio is not None)
 
 
-def _latency(context: SearchContext, model: nn.Module) -> dict[str, float]:
-    """The network's latency, timed side by side with the unpruned network and expressed
-    in the baseline's timing conditions (see the module docstring)."""
-    timing = context.spec.latency
-    return latency_against(context.model, model, context.splits.input_shape, context.device,
-                           float(context.baseline["latency_ms"]), batch_size=timing.batch_size,
-                           warmup=timing.warmup, runs=timing.runs)
-
-
-def _seeded_latency(trial: optuna.Trial, fingerprint: str) -> dict[str, float] | None:
-    """The latency seeding timed for this enqueued plan (``search.study.enqueue_plans``),
-    when the trial's network is the one seeding timed (same ``architecture_fingerprint``)."""
-    seeded = trial.user_attrs.get(SEEDED_LATENCY_ATTR)
-    if not isinstance(seeded, dict) or seeded.get("arch_fingerprint") != fingerprint:
-        return None
-    return {"latency_ms": float(seeded["latency_ms"]),
-            "latency_p90_ms": float(seeded["latency_p90_ms"])}
-
-
-def _cost(context: SearchContext, trial: optuna.Trial, model: nn.Module) -> dict[str, Any]:
-    spec = context.spec
-    fingerprint = architecture_fingerprint(model)
-    cached = _cached_latency(context, trial.study, fingerprint)
-    seeded = _seeded_latency(trial, fingerprint) if cached is None else None
-    if seeded is not None:
-        cached = context.latency_cache[fingerprint] = seeded
-    side_by_side = latency_counts(spec) and not cached
-    # The latency comes from the cache or a side-by-side timing: measure_model() then times
-    # only a few passes of its own (FLOPs and memory still count).
-    quick = cached or side_by_side
-    cost = measure_model(model, context.splits.input_shape, device=context.device,
-                   batch_size=spec.latency.batch_size, warmup=0 if quick else spec.latency.warmup,
-                   runs=3 if quick else spec.latency.runs).to_dict()
-    if cached:
-        cost.update(cached)
-    else:
-        if side_by_side:
-            cost.update(_latency(context, model))
-        context.latency_cache[fingerprint] = {"latency_ms": cost["latency_ms"],
-                                              "latency_p90_ms": cost["latency_p90_ms"]}
-    return {**cost, "flops": cost["macs"], "arch_fingerprint": fingerprint,
-            "latency_reused": cached is not None, "latency_seeded": seeded is not None}
-
-
-def _time_again(context: SearchContext, model: nn.Module, record: dict[str, Any]) -> None:
-    """A second timing; the faster one stands (and is what identical plans reuse)."""
-    again = _latency(context, model)  # only called under a latency limit
-    if again["latency_ms"] < record["latency_ms"]:
-        record.update(again)
-        context.latency_cache[record["arch_fingerprint"]] = {
-            "latency_ms": again["latency_ms"], "latency_p90_ms": again["latency_p90_ms"]}
-
-
 def _values(spec: JobSpec, record: dict[str, Any], baseline: dict[str, Any]) -> float | list[float]:
-    accuracy = record["accuracy"]
+    # A plan that broke a limit was not evaluated: it ranks by its violations, not this 0.
+    accuracy = record["accuracy"] if record.get("accuracy") is not None else 0.0
     mode = spec.objective.mode
     if mode == "constrained":
         return accuracy
@@ -209,6 +130,15 @@ class Objective:
     def __init__(self, context: SearchContext) -> None:
         self.context = context
         self.limits = active_limits(context.spec.objective.constraints, context.baseline)
+        timing = context.spec.latency
+        timer = LatencyTimer(context.model, context.splits.input_shape, context.device,
+                             float(context.baseline["latency_ms"]), timing.batch_size,
+                             timing.warmup, timing.runs)
+        # Any plan that misses only latency limits is timed again, however far it misses.
+        self.costs = CostModel(timer, Aim(tuple(self.limits)), context.latency_cache)
+        # Trials fine-tune on the whole training split and are scored on at most
+        # fine_tune.trial_eval_images validation images, the same ones every time.
+        self.scored = context.splits.limit("val", context.spec.fine_tune.trial_eval_images)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         context, spec = self.context, self.context.spec
@@ -218,39 +148,31 @@ class Objective:
         model = copy.deepcopy(context.model)
         importance = context.importance_factory(model) if context.importance_factory else None
         apply_plan(model, plan, context.example_input(), importance=importance)
-        trial.set_user_attr("worker", context.worker)
-        record: dict[str, Any] = {"plan": plan.to_dict(), **_cost(context, trial, model)}
+        TrialRecord(worker=context.worker).store(trial)
+        record: dict[str, Any] = {
+            "plan": plan.to_dict(),
+            **self.costs.trial_costs(model, trial.study, side_by_side=latency_counts(spec))}
         record["violations"] = violations(self.limits, record)
-        record["latency_retimed"] = self._only_latency_broken(record)
-        if record["latency_retimed"]:
-            _time_again(context, model, record)
-            record["violations"] = violations(self.limits, record)
-        record["feasible"] = is_feasible(record["violations"])
-        for name, value in record["violations"].items():
-            trial.set_constraint(name, value)
-        record["accuracy_pruned"] = evaluate(model, context.splits, split="val",
-                                             device=context.device)
         record["fine_tune_seconds"] = 0.0
-        if record["feasible"] or not self.limits:
-            record["fine_tune_seconds"] = self._fine_tune(trial, model)
-            record["accuracy"] = evaluate(model, context.splits, split="val",
-                                          device=context.device)
-        else:
-            record["accuracy"] = record["accuracy_pruned"]
-        for key, value in record.items():
-            trial.set_user_attr(key, value)
+        # A plan that already breaks a counted limit is neither evaluated nor fine-tuned
+        # (its accuracy stays None); the fine-tune's last evaluation is the accuracy.
+        if is_feasible(record["violations"]) or not self.limits:
+            record["accuracy_pruned"] = evaluate(model, self.scored, split="val",
+                                                 device=context.device)
+            record["fine_tune_seconds"], tuned = self._fine_tune(trial, model)
+            record["accuracy"] = record["accuracy_pruned"] if tuned is None else tuned
+        # Limits become the trial's Optuna constraints (once, final), the rest user attributes.
+        TrialRecord.model_validate(record).store(trial)
         return _values(spec, record, context.baseline)
 
-    def _only_latency_broken(self, record: dict[str, Any]) -> bool:
-        broken = [limit for limit in self.limits if record["violations"][limit.name] > 0]
-        return (bool(broken) and not record["latency_reused"]
-                and all(limit.metric == "latency_ms" for limit in broken))
-
-    def _fine_tune(self, trial: optuna.Trial, model: nn.Module) -> float:
+    def _fine_tune(self, trial: optuna.Trial, model: nn.Module) -> tuple[float, float | None]:
+        """Seconds spent and the last epoch's validation accuracy (None: no fine-tune)."""
         context, spec = self.context, self.context.spec
-        epochs = spec.fine_tune.trial_epochs
-        if epochs == 0:
-            return 0.0
+        # {"epochs": n}, or {"epochs": 0, "steps": n} with fine_tune.trial_steps
+        budget: dict[str, Any] = spec.fine_tune.trial_budget()
+        epochs = budget.pop("epochs")
+        if epochs == 0 and not budget.get("steps"):
+            return 0.0, None
         single_objective = spec.objective.mode != "pareto"
 
         def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -263,7 +185,8 @@ class Objective:
                     raise optuna.TrialPruned(f"stopped after epoch {epoch} at {accuracy:.3f}")
 
         started = time.perf_counter()
-        fine_tune(model, context.splits, epochs, callback=after_epoch,
-                  seed=spec.seed + trial.number, device=context.device,
-                  cancel_event=context.cancel_event, **spec.fine_tune.training_settings())
-        return time.perf_counter() - started
+        history = fine_tune(model, self.scored, epochs, callback=after_epoch,
+                            seed=spec.seed + trial.number, device=context.device,
+                            cancel_event=context.cancel_event, **budget,
+                            **spec.fine_tune.training_settings())
+        return time.perf_counter() - started, history["val_accuracy"][-1]

@@ -1,7 +1,9 @@
 """What a finished search found: the best feasible trial, the Pareto set, or why not.
 
-When no plan met the constraints, the result says so and names the closest
-plan and how far it missed each limit.
+Feasible and best are Optuna's: every limit a trial breaks is one of its constraints
+(``core.trial.TrialRecord.store``), and ``study.best_trial`` / ``study.best_trials``
+choose among the trials that meet them all. When no plan met the constraints, the
+result says so and names the closest plan and how far it missed each limit.
 """
 
 from __future__ import annotations
@@ -12,26 +14,39 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from core.errors import TopiaryError
 from core.spec import JobSpec
+from core.trial import TrialRecord
 
 
-@dataclass
-class TrialSummary:
+@dataclass(frozen=True)
+class FinishedTrial:
+    """A complete trial: its number, its objective values and what it measured.
+
+    Attributes:
+        number: the trial's number in the study.
+        values: its objective values (accuracy first).
+        record: its measurements.
+    """
+
     number: int
     values: list[float]
-    attrs: dict[str, Any]
+    record: TrialRecord
 
     @classmethod
-    def of(cls, trial: FrozenTrial) -> TrialSummary:
-        return cls(trial.number, list(trial.values or []), dict(trial.user_attrs))
+    def of(cls, trial: FrozenTrial) -> FinishedTrial:
+        return cls(trial.number, list(trial.values or []), TrialRecord.from_trial(trial))
 
     @property
     def plan(self) -> dict[str, Any]:
-        return self.attrs["plan"]
+        """The trial's prune plan.
 
-    def metrics(self) -> dict[str, Any]:
-        keys = ("accuracy", "latency_ms", "latency_p90_ms", "memory_mb", "flops", "params")
-        return {"trial": self.number, **{k: self.attrs.get(k) for k in keys}}
+        Raises:
+            TopiaryError: the trial recorded no plan (it was never measured).
+        """
+        if self.record.plan is None:
+            raise TopiaryError(f"trial {self.number} recorded no plan; it cannot be finalised")
+        return self.record.plan
 
 
 @dataclass
@@ -47,42 +62,56 @@ class SearchResult:
     """
 
     feasible: bool
-    best: TrialSummary | None
-    pareto: list[TrialSummary] = field(default_factory=list)
-    closest: TrialSummary | None = None
+    best: FinishedTrial | None
+    pareto: list[FinishedTrial] = field(default_factory=list)
+    closest: FinishedTrial | None = None
     message: str = ""
 
 
-def _worst_violation(trial: FrozenTrial) -> float:
-    return max(trial.user_attrs.get("violations", {}).values(), default=0.0)
+def best_feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Optuna's best trials among those that meet every limit, most accurate first.
+
+    Args:
+        study: the job's study.
+
+    Returns:
+        ``study.best_trial`` of a single-objective study, the feasible Pareto front
+        (``study.best_trials``) of a multi-objective one; empty while no complete
+        trial meets every limit.
+    """
+    if len(study.directions) > 1:
+        return sorted(study.best_trials, key=lambda trial: -trial.values[0])
+    try:
+        return [study.best_trial]
+    except ValueError:  # no complete trial yet, or none feasible
+        return []
 
 
-def _describe_miss(trial: TrialSummary) -> str:
-    missed = {k: v for k, v in trial.attrs.get("violations", {}).items() if v > 0}
+def _describe_miss(trial: FinishedTrial) -> str:
+    missed = {k: v for k, v in (trial.record.violations or {}).items() if v > 0}
     parts = ", ".join(f"{name} by {value:.1%}" for name, value in sorted(missed.items()))
     return f"the closest plan (trial {trial.number}) missed {parts}"
 
 
 def search_result(study: optuna.Study, spec: JobSpec) -> SearchResult:
     """Summarise a study for the finalising worker and for the user."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "accuracy" in t.user_attrs]
+    # Measured trials; one whose plan broke a limit has no accuracy (it was not evaluated).
+    complete = [finished for trial in study.get_trials(deepcopy=False,
+                                                       states=(TrialState.COMPLETE,))
+                if (finished := FinishedTrial.of(trial)).record.plan is not None]
     if not complete:
         return SearchResult(False, None, message="no trial finished; nothing to finalise")
-    feasible = [t for t in complete if t.user_attrs.get("feasible")]
-    if not feasible:
-        closest = TrialSummary.of(min(complete, key=_worst_violation))
+    best = [finished for trial in best_feasible_trials(study)
+            if (finished := FinishedTrial.of(trial)).record.accuracy is not None]
+    if not best:
+        closest = min(complete, key=lambda trial: trial.record.worst_violation)
         return SearchResult(False, None, closest=closest,
                             message=f"no plan met the constraints in {len(complete)} trials; "
                                     f"{_describe_miss(closest)}")
     if spec.objective.mode == "pareto":
-        front = [t for t in study.best_trials if t.user_attrs.get("feasible")]
-        pareto = sorted((TrialSummary.of(t) for t in front), key=lambda s: -s.values[0])
-        best = pareto[0]
-        return SearchResult(True, best, pareto,
-                            message=f"{len(pareto)} plans on the Pareto front; finalising the "
-                                    f"most accurate (trial {best.number})")
-    best = TrialSummary.of(max(feasible, key=lambda t: t.values[0]))
-    return SearchResult(True, best, [best],
-                        message=f"best feasible plan: trial {best.number}, accuracy "
-                                f"{best.attrs['accuracy']:.3f}")
+        return SearchResult(True, best[0], best,
+                            message=f"{len(best)} plans on the Pareto front; finalising the "
+                                    f"most accurate (trial {best[0].number})")
+    return SearchResult(True, best[0], [best[0]],
+                        message=f"best feasible plan: trial {best[0].number}, accuracy "
+                                f"{best[0].record.accuracy:.3f}")

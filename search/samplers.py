@@ -43,7 +43,10 @@ def make_pruner(spec: JobSpec) -> BasePruner:
     if name == "median":
         return MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     if name == "hyperband":
-        return HyperbandPruner(min_resource=1, max_resource=epochs)
+        # A trial of trial_steps reports once per pass over the data: how many passes
+        # that is depends on the dataset, so Optuna reads it off the first trial.
+        return HyperbandPruner(min_resource=1, max_resource=epochs
+                               if spec.fine_tune.trial_steps is None else "auto")
     return NopPruner()
 
 

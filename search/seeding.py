@@ -1,8 +1,9 @@
 """The first trials of every study: the plans a search starts from.
 
-Under a hard limit, every plan is sized to the limit itself (a plan that
-leaves budget unused is a weaker plan), and the plans differ in SHAPE, so the
-search starts from several depth / width trade-offs instead of one. In order:
+Under a hard limit, every plan is sized to the limit itself (``search.fitting``:
+a plan that leaves budget unused is a weaker plan), and the plans differ in
+SHAPE, so the search starts from several depth / width trade-offs instead of
+one. In order:
 
 * ``uniform``: no block dropped, the same share of every group;
 * ``global/magnitude``: no block dropped, the widths Torch-Pruning's global L1
@@ -13,38 +14,21 @@ search starts from several depth / width trade-offs instead of one. In order:
 * ``method/deep``: twice as many blocks dropped;
 * ``method/wide``: no block dropped, widths follow the scorer's group ranks.
 
-The first two lead under counted limits (FLOPs, parameters), where they were
-the strongest single plans on the search benchmark (``bench/search_quality.py``).
+Under counted limits (FLOPs, parameters) the first two lead: they are the
+strongest single plans on the search benchmark (``bench/search_quality.py``).
 Under a measured limit (latency, memory) with a ``PlanProbe`` (what jobs use),
 one more shape, ``probe``, drops blocks in the order a greedy elimination by the
 adaptive-BatchNorm loss gives (``models.probe``), and that loss, not FLOPs,
-orders the plans, best first: at such limits the block choice matters more than
-the computation kept (``bench/block_choice.py``). Each shape then gives its plans
-at its ``PROBED_DEPTHS`` best depths by that loss, not one: the loss ranks the
-blocks well but weighs a trimmed shallower plan against a full-width deeper one
-poorly (at 50% of a resnet20's latency, five blocks dropped at 70-80% widths and
-six dropped at full width probe within 0.1 of each other, and fine-tune 96.5-98.7
-against 96.1).
+orders the plans, best first, as the block choice matters more there than the
+computation kept. Each shape then gives its plans at its ``PROBED_DEPTHS`` best
+depths by that loss, not one: the loss ranks blocks well but weighs a trimmed
+shallower plan against a full-width deeper one poorly (``bench/block_choice.py``).
 Without a probe the plans are ordered by the FLOPs they keep, most first: they
-all meet the limit, and on small inputs latency is mostly per-layer overhead, so
-the shapes that drop blocks keep far more computation (and accuracy) than
-uniform or global widths. A trial's position matters when the
-budget is small.
-
-Each plan's widths are bisected to the largest that meets every limit, checked
-as a trial checks it: FLOPs and parameters counted on the really pruned
-network, latency and memory measured on the worker's device (aiming
-``MEASURED_MARGIN`` under the limit, as timings are noisy, and, as in a trial, a
-plan that misses only its latency limit, by at most ``RETIME_WITHIN``, is timed
-once more and the faster timing stands: one noisy miss would cut the width
-bisection short; trials reuse these timings, see ``seed_plans``). When a shape cannot
-meet the limit at its depth (latency of small networks is mostly per-layer
-overhead), it drops one more block until it can; under a measured limit it
-goes on dropping blocks until full widths fit and keeps the plan of the shape
-with the most FLOPs (one block fewer can cost every layer most of its width:
-at 50% of a 16x16 resnet20's CPU latency, two more blocks dropped kept ten
-times the FLOPs). The unpruned plan is left
-out: it breaks every limit, so it would spend a trial on nothing.
+all meet the limit, and the shapes that drop blocks keep more computation than
+uniform or global widths. A trial's position matters when the budget is small.
+The unpruned plan is left out: it breaks every limit, so it would spend a trial
+on nothing. The latency seeding timed a plan with travels with it to its trial
+(``seed_plans``, ``search.costs.LatencyCache``).
 
 Without limits (``weighted`` and ``pareto`` modes) the plans are the scorers'
 plans at a few FLOPs budgets, a uniform plan, and the unpruned plan.
@@ -52,7 +36,6 @@ plans at a few FLOPs budgets, a uniform plan, and the unpruned plan.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,15 +45,15 @@ from torch import Tensor, nn
 from core.spec import Constraints, LatencySpec
 from models.datasets import DataSplits
 from models.importance import ImportanceScores
-from models.measure import count_flops_params, latency_against, measure_latency, memory_mb
-from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
+from models.measure import count_flops_params
+from models.plan import BlockInfo, GroupInfo, PrunePlan
 from models.probe import block_elimination_order, plan_loss
 from search.constraints import Limit, active_limits
-from search.objective import architecture_fingerprint
+from search.costs import LatencyCache, LatencyTimer
+from search.fitting import MEASURED_STEPS, PlanFit, fitted_plans
 from search.warm_start import (
     FlopsCounter,
     global_magnitude_plan,
-    shaped_plan,
     uniform_plan_for_flops,
     warm_start_plans,
 )
@@ -84,15 +67,8 @@ DEEP_FACTOR = 2.0
 WIDE_SPREAD = 1.0
 #: Where the global-magnitude plan goes among the plans of ``_shapes`` (after uniform).
 GLOBAL_POSITION = 1
-#: Measured limits (latency, memory) are aimed at this fraction under the limit.
-MEASURED_MARGIN = 0.03
 #: With a probe, each shape gives its plans at this many depths (the probe's best first).
 PROBED_DEPTHS = 2
-#: A plan that misses its latency aim by at most this share of the limit is timed again.
-RETIME_WITHIN = 0.1
-#: Bisection steps on the width knob when every step is a timing.
-MEASURED_STEPS = 8
-_COUNTED = frozenset({"flops", "params"})
 _RATIO_OF = {
     "max_flops": "flops", "max_latency_ms": "latency_ms", "max_params": "params",
     "max_memory_mb": "memory_mb",
@@ -109,7 +85,7 @@ class SeedTarget:
         limits: the active limits in absolute units (``search.constraints``).
         batch_size: the batch latency and memory are measured at.
         baseline_latency_ms: the unpruned network's recorded latency; plans are then
-            timed side by side with it, as trials are (``search.objective``).
+            timed side by side with it, as trials are (``search.costs``).
         warmup, runs: the job's latency timing settings (``LatencySpec``).
     """
 
@@ -119,6 +95,11 @@ class SeedTarget:
     baseline_latency_ms: float | None = None
     warmup: int = 5
     runs: int = 30
+
+    def timer(self, model: nn.Module, example_input: Tensor) -> LatencyTimer:
+        """How plans of ``model`` are measured, on ``example_input``'s device."""
+        return LatencyTimer(model, tuple(example_input.shape[1:]), example_input.device,
+                            self.baseline_latency_ms, self.batch_size, self.warmup, self.runs)
 
 
 def target_ratio(constraints: Constraints, baseline: Mapping[str, Any],
@@ -143,112 +124,6 @@ def target_ratio(constraints: Constraints, baseline: Mapping[str, Any],
                       timing.warmup, timing.runs)
 
 
-class PlanFit:
-    """Whether a plan's pruned network meets every limit, memoised by architecture.
-
-    FLOPs and parameters are counted; latency and memory are measured (as
-    ``models.measure.measure`` does in a trial) on ``example_input``'s device and
-    must come ``margin`` under their limit.
-
-    Args:
-        model: the unpruned network (never modified).
-        example_input: a batch of its input shape, on the device trials measure on.
-        limits: the active limits.
-        batch_size: the batch latency and memory are measured at.
-        margin: the share of a measured limit left free for timing noise.
-        baseline_latency_ms: when given, a plan's latency is timed side by side with
-            ``model`` and expressed in the conditions of this recorded baseline
-            latency, as trials do (and trials may reuse it: ``latency``); otherwise
-            timed alone.
-        warmup, runs: passes before and during a timing.
-    """
-
-    def __init__(self, model: nn.Module, example_input: Tensor, limits: Sequence[Limit],
-                 batch_size: int = 1, margin: float = MEASURED_MARGIN,
-                 baseline_latency_ms: float | None = None, warmup: int = 5,
-                 runs: int = 30) -> None:
-        self.model = model
-        self.baseline_latency_ms = baseline_latency_ms
-        self.warmup = warmup
-        self.runs = runs
-        self.example_input = example_input
-        self.limits = list(limits)
-        self.batch_size = batch_size
-        self.margin = margin
-        self.measured = any(limit.metric not in _COUNTED for limit in self.limits)
-        self._seen: dict[str, bool] = {}
-        self._records: dict[str, dict[str, float]] = {}
-        self._architectures: dict[str, str] = {}
-
-    def metrics(self, plan: PrunePlan) -> dict[str, float]:
-        """The limited quantities (and FLOPs) of the plan's pruned network."""
-        key = plan.fingerprint()
-        if key not in self._records:
-            self._records[key] = self._measure(plan)
-        return self._records[key]
-
-    def flops(self, plan: PrunePlan) -> float:
-        return float(self.metrics(plan)["flops"])
-
-    def _measure(self, plan: PrunePlan) -> dict[str, float]:
-        """As ``models.measure.measure`` computes them, but only what is limited."""
-        pruned = apply_plan(copy.deepcopy(self.model), plan, self.example_input)
-        self._architectures[plan.fingerprint()] = architecture_fingerprint(pruned)
-        shape = tuple(self.example_input.shape[1:])
-        device = self.example_input.device
-        macs, params = count_flops_params(pruned, shape)
-        record = {"flops": float(macs), "params": float(params)}
-        metrics = {limit.metric for limit in self.limits}
-        if "memory_mb" in metrics:
-            record["memory_mb"] = memory_mb(pruned, shape, self.batch_size, device)
-        if "latency_ms" in metrics:
-            record.update(self._latency(pruned, shape, device))
-            missed = self._missed(record)
-            if missed and all(limit.metric == "latency_ms"
-                              and limit.violation(record) <= RETIME_WITHIN - self.margin
-                              for limit in missed):
-                # As a trial does: a plan that misses only its latency limit is timed once
-                # more and the faster timing stands (one noisy miss would otherwise cut a
-                # width bisection short and leave a far narrower plan). A far miss is not
-                # noise: it is not timed again.
-                again = self._latency(pruned, shape, device)
-                if again["latency_ms"] < record["latency_ms"]:
-                    record.update(again)
-        return record
-
-    def latency(self, plan: PrunePlan) -> dict[str, Any] | None:
-        """The plan's ``latency_ms`` and ``latency_p90_ms`` as a trial would record them
-        (timed side by side with the baseline) and the ``arch_fingerprint`` of its
-        network (``search.objective.architecture_fingerprint``), or None when it was
-        not timed so."""
-        key = plan.fingerprint()
-        record = self._records.get(key)
-        if self.baseline_latency_ms is None or record is None or "latency_ms" not in record:
-            return None
-        return {"latency_ms": record["latency_ms"], "latency_p90_ms": record["latency_p90_ms"],
-                "arch_fingerprint": self._architectures[key]}
-
-    def _missed(self, record: dict[str, float]) -> list[Limit]:
-        """The limits ``record`` misses (measured ones: by less than ``margin`` under)."""
-        return [limit for limit in self.limits
-                if limit.violation(record) > (0.0 if limit.metric in _COUNTED else -self.margin)]
-
-    def _latency(self, pruned: nn.Module, shape: tuple[int, ...], device: Any) -> dict[str, float]:
-        timing = {"batch_size": self.batch_size, "warmup": self.warmup, "runs": self.runs}
-        if self.baseline_latency_ms is None:
-            alone = measure_latency(pruned, shape, device, **timing)
-            return {"latency_ms": alone.median_ms, "latency_p90_ms": alone.p90_ms}
-        timed = latency_against(self.model, pruned, shape, device, self.baseline_latency_ms,
-                                **timing)
-        return {"latency_ms": timed["latency_ms"], "latency_p90_ms": timed["latency_p90_ms"]}
-
-    def __call__(self, plan: PrunePlan) -> bool:
-        key = plan.fingerprint()
-        if key not in self._seen:
-            self._seen[key] = not self._missed(self.metrics(plan))
-        return self._seen[key]
-
-
 def flops_targets(target: float | None) -> tuple[float, ...]:
     if target is None:
         return DEFAULT_TARGETS
@@ -267,37 +142,6 @@ def _shapes(scores: Mapping[str, ImportanceScores], blocks: int, target: float,
     shapes += [(f"{method}/wide", method_scores, 0, WIDE_SPREAD)
                for method, method_scores in scores.items()]
     return shapes
-
-
-def fitted_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: PlanFit,
-                 scores: ImportanceScores | None, drops: int, spread: float = 0.0,
-                 round_to: int = 1, deepen: bool = True,
-                 rank: Callable[[PrunePlan], float] | None = None) -> list[PrunePlan]:
-    """The plans of one shape (``search.warm_start.shaped_plan``) that meet the limits,
-    one per depth tried, best first.
-
-    When the shape does not fit at ``drops`` blocks, one more block is dropped
-    until it does (with ``deepen`` and scores to rank blocks). Under counted
-    limits that first fit already uses the budget; under measured ones a deeper
-    plan may keep far wider layers, so deeper plans are tried until full widths
-    fit. The plans are ordered by FLOPs kept, most first (the shallowest on
-    ties), or by ``rank``, highest first, when given.
-
-    Returns:
-        The plans, none when no depth of the shape fits.
-    """
-    most = len(blocks) if deepen and scores is not None else drops
-    steps = {"steps": MEASURED_STEPS} if fits.measured else {}
-    candidates = []
-    for dropped in range(drops, most + 1):
-        plan = shaped_plan(groups, blocks, fits, scores, dropped, spread, round_to, **steps)
-        if plan is None:
-            continue
-        candidates.append(plan)
-        if not fits.measured or not plan.keep:
-            break
-    score = rank or fits.flops
-    return sorted(candidates, key=lambda plan: -score(plan))  # stable: shallowest on ties
 
 
 def _limited_plans(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo],
@@ -366,8 +210,7 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
                blocks: Sequence[BlockInfo], scores: Mapping[str, ImportanceScores],
                target: SeedTarget | float | None, round_to: int = 1,
                allow_block_removal: bool = True, probe: PlanProbe | None = None,
-               measured: dict[str, dict[str, Any]] | None = None
-               ) -> list[tuple[str, PrunePlan]]:
+               measured: LatencyCache | None = None) -> list[tuple[str, PrunePlan]]:
     """Labelled plans to enqueue, best guesses first (see the module docstring).
 
     Args:
@@ -383,26 +226,25 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
         probe: under a measured limit, adds the ``probe`` shape (blocks dropped in
             the probe's elimination order) and picks depths and orders plans by
             the probe's loss instead of by FLOPs. Ignored under counted limits.
-        measured: when given, filled with the latency seeding timed for each plan
-            (``PlanFit.latency``, by plan fingerprint), for its trial to reuse
-            (``search.study.enqueue_plans``): a plan sized to the limit on one timing
-            is then not lost to the next one.
+        measured: when given, filled with the latency each plan was timed at side by
+            side with the baseline (by network fingerprint), for the study's trials to
+            reuse (``search.study.enqueue_plans`` shares it): a plan sized to the limit
+            on one timing is then not lost to the next one.
     """
     if isinstance(target, float | int):
         baseline_flops = count_flops_params(model, tuple(example_input.shape[1:]))[0]
         target = SeedTarget(float(target),
                             (Limit("max_flops_ratio", "flops", float(target) * baseline_flops),))
     if target is not None:
-        fits = PlanFit(model, example_input, target.limits, batch_size=target.batch_size,
-                       baseline_latency_ms=target.baseline_latency_ms, warmup=target.warmup,
-                       runs=target.runs)
+        fits = PlanFit(model, example_input, target.limits,
+                       timer=target.timer(model, example_input))
         limited = _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
                                  allow_block_removal, probe)
         if measured is not None:
             for _, plan in limited:
                 latency = fits.latency(plan)
                 if latency is not None:
-                    measured[plan.fingerprint()] = latency
+                    measured.put(latency["arch_fingerprint"], latency)
         return limited
     counter = FlopsCounter(model, example_input)
     targets = flops_targets(target)

@@ -9,8 +9,7 @@ spent, or when ``should_stop`` says the job was cancelled.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.storages import BaseStorage
@@ -19,13 +18,12 @@ from core.errors import TopiaryError, TrainingCancelled
 from core.spec import JobSpec
 from models.plan import PrunePlan
 from search.budget import SurplusTrial, budget_reached, budget_taken, fail_stale_trials
+from search.costs import LatencyCache
 from search.samplers import directions, make_pruner, make_sampler
 from search.space import SearchSpace
 
 STARTED_AT_ATTR = "search_started_at"
 WARM_START_ATTR = "warm_start"
-#: An enqueued plan's latency as seeding timed it (reused by its trial).
-SEEDED_LATENCY_ATTR = "seeded_latency"
 
 
 class SearchError(TopiaryError):
@@ -55,17 +53,19 @@ def open_study(storage: BaseStorage, name: str, spec: JobSpec) -> optuna.Study:
 
 def enqueue_plans(study: optuna.Study, space: SearchSpace,
                   plans: Sequence[tuple[str, PrunePlan]],
-                  measured: Mapping[str, dict[str, Any]] | None = None) -> int:
+                  measured: LatencyCache | None = None) -> int:
     """Enqueue labelled plans as the first trials (skipping ones already queued).
 
-    ``measured`` (plan fingerprint -> ``latency_ms``, ``latency_p90_ms`` and the
-    network's ``arch_fingerprint``, from ``search.seeding.seed_plans``) travels with
-    a plan as its trial's ``SEEDED_LATENCY_ATTR``; the objective reuses it instead
-    of timing again when the trial builds that network.
+    ``measured`` (the latencies seeding sized the plans with, from
+    ``search.seeding.seed_plans``) is shared with the study
+    (``search.costs.LatencyCache.share``): a trial that builds one of those
+    networks reuses its latency instead of timing it again.
 
     Returns:
         how many distinct plans are queued.
     """
+    if measured:
+        measured.share(study)  # before the trials that read it can start
     seen: set[str] = set()
     for label, plan in plans:
         params = space.params_for(plan.keep, plan.drop_blocks)
@@ -73,10 +73,7 @@ def enqueue_plans(study: optuna.Study, space: SearchSpace,
         if key in seen:
             continue
         seen.add(key)
-        attrs: dict[str, Any] = {WARM_START_ATTR: label}
-        if measured and plan.fingerprint() in measured:
-            attrs[SEEDED_LATENCY_ATTR] = dict(measured[plan.fingerprint()])
-        study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={WARM_START_ATTR: label}, skip_if_exists=True)
     return len(seen)
 
 
@@ -91,12 +88,14 @@ def run_trials(study: optuna.Study,
                objective: Callable[[optuna.Trial], float | Sequence[float]], spec: JobSpec,
                should_stop: Callable[[], bool] = lambda: False,
                on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-               max_consecutive_failures: int = 3, wait_seconds: float = 1.0) -> str:
+               max_consecutive_failures: int = 3, wait_seconds: float = 1.0,
+               on_wait: Callable[[optuna.Study], None] | None = None) -> str:
     """Run trials in this process until the study is done.
 
     When every remaining slot is held by another process's running trial, it
     waits (failing trials whose process died, so they are re-queued) instead
-    of starting trials that could not count.
+    of starting trials that could not count, and calls ``on_wait`` each time
+    round (the job's stall detector, ``workers.stall``; it may raise to give up).
 
     Returns:
         why it stopped: ``budget`` (n_trials finished), ``timeout`` or ``stopped``.
@@ -116,6 +115,8 @@ def run_trials(study: optuna.Study,
             return "timeout"
         if budget_taken(study, spec.search.n_trials):
             fail_stale_trials(study)
+            if on_wait is not None:
+                on_wait(study)
             time.sleep(wait_seconds)
             continue
         try:

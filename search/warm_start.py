@@ -144,14 +144,7 @@ def uniform_plan_for_flops(model: nn.Module, example_input: Tensor, groups: Sequ
     """
     counter = counter or FlopsCounter(model, example_input)
     budget = target * counter.baseline
-
-    def make_plan(ratio: float) -> PrunePlan:
-        counts = {group.name: (_count(group, ratio, round_to), group.channels)
-                  for group in groups}
-        return PrunePlan(keep={name: kept for name, (kept, total) in counts.items()
-                               if kept < total}, round_to=round_to)
-
-    return _bisect(make_plan, counter, budget)
+    return shaped_plan(groups, [], lambda plan: counter(plan) <= budget, round_to=round_to)
 
 
 def _ranks(names: Sequence[str], scores: dict[str, float]) -> dict[str, float]:

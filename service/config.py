@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_concurrent_jobs_per_tenant: int = Field(default=8, ge=1)
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    stall_floor_seconds: float = Field(
+        default=600.0, gt=0, description="a search with no finished trial for this long "
+                                         "(or longer, see stall_trial_multiple) is stalled")
+    stall_trial_multiple: float = Field(
+        default=3.0, ge=1, description="the stall bound is at least this many times the "
+                                       "job's longest finished trial")
     log_level: str = "INFO"
 
     @field_validator("database_url", "optuna_url")

@@ -1,7 +1,8 @@
-"""Our tables (SQLAlchemy 2 ``Mapped`` classes); Alembic migrates them, never Optuna's.
+"""The tenancy tables (tenants, API keys, weights uploads) and the ids of every table.
 
-Job status is enforced by the database as well (a CHECK constraint built from
-``JobStatus``); only ``service.jobs`` writes it.
+Our tables are SQLAlchemy 2 ``Mapped`` classes; Alembic migrates them, never
+Optuna's. The job tables (jobs, events, artifacts, participants, workers) are
+``service.jobs``'s own; they import this module, never the other way round.
 """
 
 from __future__ import annotations
@@ -9,24 +10,11 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    ForeignKey,
-    Index,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-)
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db import Base, UTCDateTime, utcnow
-from service.jobs._state import JobStatus
 
 
 def new_id() -> str:
@@ -40,9 +28,6 @@ _ID = re.compile(r"[0-9a-f]{32}")
 def is_valid_id(value: str) -> bool:
     """Whether ``value`` could be an id made by ``new_id`` (anything else exists nowhere)."""
     return _ID.fullmatch(value) is not None
-
-
-_STATUS_VALUES = ", ".join(f"'{status.value}'" for status in JobStatus)
 
 
 class Tenant(Base):
@@ -68,100 +53,6 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     tenant: Mapped[Tenant] = relationship(lazy="joined")
-
-
-class Worker(Base):
-    __tablename__ = "workers"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    host: Mapped[str] = mapped_column(String(255))
-    pid: Mapped[int | None] = mapped_column(Integer)
-    device_type: Mapped[str] = mapped_column(String(16))
-    device_name: Mapped[str] = mapped_column(String(255))
-    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-
-class Job(Base):
-    __tablename__ = "jobs"
-    __table_args__ = (
-        CheckConstraint(f"status IN ({_STATUS_VALUES})", name="status_known"),
-        CheckConstraint("attempts >= 0", name="attempts_non_negative"),
-        Index("ix_jobs_status_created_at", "status", "created_at"),
-        Index("ix_jobs_tenant_id_created_at", "tenant_id", "created_at"),
-        Index("ix_jobs_tenant_id_status", "tenant_id", "status"),
-    )
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(200))
-    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
-    phase: Mapped[str | None] = mapped_column(String(200))
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    # Device type the spec demands ("cpu", "cuda") or None for "auto".
-    device_request: Mapped[str | None] = mapped_column(String(16))
-    # Device type the baseline was measured on; trials must run on the same type.
-    device_type: Mapped[str | None] = mapped_column(String(16))
-    lease_owner: Mapped[str | None] = mapped_column(
-        ForeignKey("workers.id", ondelete="SET NULL"))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    baseline: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    best: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    error_code: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
-    study_name: Mapped[str | None] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-
-    artifacts: Mapped[list[Artifact]] = relationship(
-        back_populates="job", lazy="selectin", order_by="Artifact.kind",
-        cascade="all, delete-orphan", passive_deletes=True)
-
-
-class JobParticipant(Base):
-    """A worker running trials of a ``searching`` job (any number per job)."""
-
-    __tablename__ = "job_participants"
-
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
-                                        primary_key=True)
-    worker_id: Mapped[str] = mapped_column(ForeignKey("workers.id", ondelete="CASCADE"),
-                                           primary_key=True)
-    joined_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    lease_expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class Artifact(Base):
-    __tablename__ = "artifacts"
-    __table_args__ = (UniqueConstraint("job_id", "kind"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(32))
-    path: Mapped[str] = mapped_column(Text)
-    size: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-    job: Mapped[Job] = relationship(back_populates="artifacts")
-
-
-class Event(Base):
-    __tablename__ = "events"
-    __table_args__ = (Index("ix_events_job_id_id", "job_id", "id"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    kind: Mapped[str] = mapped_column(String(32))
-    message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class WeightsUpload(Base):

@@ -1,9 +1,7 @@
 """A job's trials, read from its Optuna study (Optuna's own database), and their Pareto front.
 
-Workers record each trial's measurements as user attributes: ``plan`` (dict),
-``accuracy``, ``latency_ms``, ``latency_p90_ms``, ``memory_mb``, ``flops``, ``params``,
-``feasible`` (bool) and ``fine_tune_seconds``. Optuna is imported on first use
-(it does not import torch).
+Each trial's measurements are read through ``core.trial.TrialRecord``, as the
+objective wrote them. Optuna is imported on first use (it does not import torch).
 """
 
 from __future__ import annotations
@@ -14,14 +12,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from core.trial import TrialRecord
 from service.errors import DatabaseError
 
-TRIAL_ATTRIBUTES = ("plan", "accuracy", "latency_ms", "latency_p90_ms", "memory_mb", "flops",
-                    "params", "feasible", "fine_tune_seconds")
 
+class TrialPublic(BaseModel):
+    """One trial as the API shows it (missing measurements are None); the API's schema too.
 
-class TrialSummary(BaseModel):
-    """One trial as the API shows it (missing measurements are None); the API's schema too."""
+    The measurements are ``TrialRecord`` fields of the same names.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,13 +39,14 @@ class TrialSummary(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
 
-
-def _summary(trial: Any) -> TrialSummary:
-    attributes = {name: trial.user_attrs.get(name) for name in TRIAL_ATTRIBUTES}
-    return TrialSummary(number=trial.number, state=trial.state.name.lower(),
-                        values=list(trial.values) if trial.values is not None else None,
-                        started_at=trial.datetime_start, completed_at=trial.datetime_complete,
-                        **attributes)
+    @classmethod
+    def from_trial(cls, trial: Any) -> TrialPublic:
+        """One trial of a study (an Optuna ``FrozenTrial``)."""
+        measured = TrialRecord.from_trial(trial).model_dump(include=set(cls.model_fields))
+        return cls(number=trial.number, state=trial.state.name.lower(),
+                   values=list(trial.values) if trial.values is not None else None,
+                   started_at=trial.datetime_start, completed_at=trial.datetime_complete,
+                   **measured)
 
 
 class StudyReader:
@@ -65,7 +65,7 @@ class StudyReader:
                 self._storage = RDBStorage(self._url, engine_kwargs={"pool_pre_ping": True})
             return self._storage
 
-    def trials(self, study_name: str | None) -> list[TrialSummary]:
+    def trials(self, study_name: str | None) -> list[TrialPublic]:
         """Every trial of the study, by number; empty when the study does not exist yet.
 
         Raises:
@@ -87,7 +87,7 @@ class StudyReader:
             raise DatabaseError(f"the Optuna database could not be read "
                                 f"({type(error).__name__}); retry, and check "
                                 "TOPIARY_OPTUNA_URL if it persists") from error
-        return [_summary(trial) for trial in trials]
+        return [TrialPublic.from_trial(trial) for trial in trials]
 
     def close(self) -> None:
         with self._lock:
@@ -97,7 +97,7 @@ class StudyReader:
                 self._storage = None
 
 
-def _costs(trial: TrialSummary) -> tuple[float, float, float] | None:
+def _costs(trial: TrialPublic) -> tuple[float, float, float] | None:
     """What the front minimises: (-accuracy, latency, memory); None when unmeasured."""
     if trial.accuracy is None or trial.latency_ms is None or trial.memory_mb is None:
         return None
@@ -109,7 +109,7 @@ def _dominates(first: tuple[float, ...], second: tuple[float, ...]) -> bool:
             and any(a < b for a, b in zip(first, second, strict=True)))
 
 
-def pareto_front(trials: list[TrialSummary]) -> list[TrialSummary]:
+def pareto_front(trials: list[TrialPublic]) -> list[TrialPublic]:
     """Feasible complete trials no other such trial beats on accuracy, latency and memory.
 
     Args:

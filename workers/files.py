@@ -9,6 +9,7 @@ from pathlib import Path
 CHECKPOINT_FILES = {
     "safetensors": "pruned.safetensors",
     "onnx": "pruned.onnx",
+    "pt2": "pruned.pt2",
     "torchscript": "pruned.torchscript.pt",
 }
 

@@ -2,7 +2,8 @@
 
 Exactly one worker gets here (a guarded transition). The long fine-tune
 distils from the unpruned network when the spec says so. The checkpoint and
-its ONNX and TorchScript exports are written under temporary names and
+its ONNX, torch.export (.pt2) and TorchScript exports, each with the preprocessing
+an input needs, are written under temporary names and
 renamed, then recorded with their sha256 in the transaction that makes the job
 succeed.
 """
@@ -14,15 +15,14 @@ import os
 from typing import Any
 
 from models.checkpoints import sha256_file
-from models.export import export_onnx, export_torchscript, save_pruned
+from models.export import export_onnx, export_program, export_torchscript, save_pruned
 from models.measure import compare_latency, measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
 from search.result import search_result
 from search.storage import open_storage
 from search.study import open_study, study_name_for
-from service.db import session_scope
-from service.jobs import JobStatus, fail_job, record_artifact, transition, update_progress
+from service.jobs import ArtifactFile, fail_job, succeed_job, update_progress
 from workers.context import search_context
 from workers.files import CHECKPOINT_FILES
 from workers.runtime import JobRun, WorkerRuntime
@@ -61,19 +61,20 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
               **spec.fine_tune.training_settings())
     runtime.phase(run, f"measuring the pruned model on {runtime.device.description}")
     metrics = _final_metrics(runtime, run, context, model)
-    runtime.phase(run, "exporting safetensors, ONNX and TorchScript")
-    _export(runtime, run, model, plan, context.splits.input_shape, metrics)
+    runtime.phase(run, "exporting safetensors, ONNX, torch.export and TorchScript")
+    preprocessing = (context.splits.preprocessing.to_metadata()
+                     if context.splits.preprocessing is not None else None)
+    _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
     best = {**metrics, "trial": result.best.number, "plan": plan.to_dict()}
     update_progress(runtime.engine, job.id, {**(_progress(runtime, run)), "finalized": True}, best)
-    # The artifacts and the success commit together: a worker killed in between leaves
-    # no rows pointing at files that the next finalising worker will replace.
-    with session_scope(runtime.engine) as session:
-        for kind in CHECKPOINT_FILES:
-            path = run.files.checkpoint(kind)
-            record_artifact(session, job.id, kind, str(path), os.path.getsize(path),
-                            sha256_file(path))
-        transition(session, job.id, JobStatus.SUCCEEDED, expected_from=JobStatus.FINALIZING,
-                   worker_id=runtime.worker_id, best=best, phase="done")
+    succeed_job(runtime.engine, job.id, worker_id=runtime.worker_id, best=best,
+                artifacts=[_artifact(run, kind) for kind in CHECKPOINT_FILES])
+
+
+def _artifact(run: JobRun, kind: str) -> ArtifactFile:
+    path = run.files.checkpoint(kind)
+    return ArtifactFile(kind=kind, path=str(path), size=os.path.getsize(path),
+                        sha256=sha256_file(path))
 
 
 def _progress(runtime: WorkerRuntime, run: JobRun) -> dict[str, Any]:
@@ -109,11 +110,15 @@ def _final_metrics(runtime: WorkerRuntime, run: JobRun, context: Any, model: Any
 
 
 def _export(runtime: WorkerRuntime, run: JobRun, model: Any, plan: PrunePlan,
-            input_shape: tuple[int, ...], metrics: dict[str, Any]) -> None:
+            input_shape: tuple[int, ...], metrics: dict[str, Any],
+            preprocessing: dict[str, Any] | None) -> None:
     spec, files = run.spec, run.files
     model = model.to("cpu").eval()
     arguments = {"num_classes": spec.num_classes(), **spec.model.arguments}
     save_pruned(model, files.checkpoint("safetensors"), arch=spec.model.arch,
-                arch_arguments=arguments, plan=plan, input_shape=input_shape, metrics=metrics)
-    export_onnx(model, files.checkpoint("onnx"), input_shape)
-    export_torchscript(model, files.checkpoint("torchscript"), input_shape)
+                arch_arguments=arguments, plan=plan, input_shape=input_shape, metrics=metrics,
+                preprocessing=preprocessing)
+    export_onnx(model, files.checkpoint("onnx"), input_shape, preprocessing=preprocessing)
+    export_program(model, files.checkpoint("pt2"), input_shape, preprocessing=preprocessing)
+    export_torchscript(model, files.checkpoint("torchscript"), input_shape,
+                       preprocessing=preprocessing)

@@ -8,10 +8,9 @@ the study (enqueued plans are not queued twice) are all reused.
 
 from __future__ import annotations
 
-from typing import Any
-
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
+from search.costs import LatencyCache
 from search.objective import measure_baseline
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
@@ -54,7 +53,7 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
         runtime.event(run, "scores", f"{method} scores in {scores[method].seconds:.1f} s")
     space = SearchSpace.from_spec(groups, blocks, spec.search)
     runtime.phase(run, "creating the study and its warm-start trials")
-    measured: dict[str, dict[str, Any]] = {}
+    measured = LatencyCache()
     plans = seed_plans(model, example, groups, space_blocks(space, blocks), scores,
                        target_ratio(spec.objective.constraints, baseline, spec.latency),
                        round_to=space.plan_round_to(),

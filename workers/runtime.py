@@ -56,7 +56,9 @@ class WorkerRuntime:
         if spec.dataset.root:
             assert self.settings.data_root is not None  # Settings fills it in
             root = resolve_data_root(spec.dataset.root, self.settings.data_root)
-        splits = load_dataset(spec.dataset.name, spec.image_size(), root=root, seed=spec.seed)
+        splits = load_dataset(spec.dataset.name, spec.image_size(), root=root, seed=spec.seed,
+                              preprocessing=spec.dataset.preprocessing,
+                              loader_workers=spec.dataset.loader_workers)
         return splits.to_device(self.device.name)
 
     def event(self, run: JobRun, kind: str, message: str, data: dict[str, Any] | None = None,

@@ -3,7 +3,8 @@
 Any number of workers of the job's device type take part. After every trial
 the worker writes the job's progress and a log line. When the study has its
 trials (or the time budget is spent), every participant tries the guarded
-move to ``finalizing``; exactly one wins and finalises.
+move to ``finalizing``; exactly one wins and finalises. A participant that
+waits on other trials runs the job's stall detector (``workers.stall``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from core.trial import HEADLINE_FIELDS, TrialRecord
 from search.budget import is_surplus
 from search.objective import Objective
 from search.storage import open_storage, silence_optuna_logs
@@ -20,15 +22,15 @@ from service.jobs import JobStatus, transition, update_progress
 from workers.context import search_context
 from workers.progress import progress_of
 from workers.runtime import JobRun, WorkerRuntime
+from workers.stall import StallWatch
 
 
-def _trial_line(trial: FrozenTrial) -> str:
-    attrs = trial.user_attrs
+def _trial_line(trial: FrozenTrial, record: TrialRecord) -> str:
     if trial.state != TrialState.COMPLETE:
         return f"trial {trial.number} {trial.state.name.lower()}"
-    verdict = "feasible" if attrs.get("feasible") else "infeasible"
-    return (f"trial {trial.number}: accuracy {attrs.get('accuracy', 0):.3f}, "
-            f"latency {attrs.get('latency_ms', 0):.2f} ms, {attrs.get('flops', 0):.3g} MACs, "
+    verdict = "feasible" if record.feasible else "infeasible"
+    return (f"trial {trial.number}: accuracy {record.accuracy or 0:.3f}, "
+            f"latency {record.latency_ms or 0:.2f} ms, {record.flops or 0:.3g} MACs, "
             f"{verdict}")
 
 
@@ -48,14 +50,14 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
             return
         progress, best = progress_of(study, spec)
         update_progress(runtime.engine, run.job.id, progress, best)
-        runtime.event(run, "trial", _trial_line(trial),
+        record = TrialRecord.from_trial(trial)
+        runtime.event(run, "trial", _trial_line(trial, record),
                       {"number": trial.number, "state": trial.state.name,
                        "worker": runtime.worker_id,
-                       **{k: trial.user_attrs.get(k) for k in
-                          ("accuracy", "latency_ms", "memory_mb", "flops", "feasible")}})
+                       **record.model_dump(include=set(HEADLINE_FIELDS - {"plan"}))})
 
     reason = run_trials(study, Objective(context), spec, should_stop=run.cancel.is_set,
-                        on_trial=after_trial)
+                        on_trial=after_trial, on_wait=StallWatch(runtime, run))
     if reason == "stopped":
         return False
     if reason == "timeout":

@@ -12,10 +12,9 @@ CONFIGS: dict[int, list[int | str]] = {
 
 
 class CifarVGG(nn.Module):
-    def __init__(self, depth: int, num_classes: int = 10) -> None:
+    def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        in_channels = 3
         for item in CONFIGS[depth]:
             if item == "M":
                 # ceil_mode keeps a 1x1 map at 1x1, so 16x16 inputs survive five poolings.

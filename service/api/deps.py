@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -54,10 +57,10 @@ def authenticated_session(request: Request, engine: EngineDep, settings: Setting
 
     FastAPI runs every sync dependency in a thread of its pool, and each such hop
     costs about as much CPU as the authentication query itself; opening the session
-    and checking the key together saves one per request. The transaction commits
-    when the route has returned, before the response is sent; routes that write
-    commit themselves as well, so that row locks (the tenant row on submission) and
-    SQLite's writer turn are released in the route's thread, not a hop later.
+    and checking the key together saves one per request. Routes never commit: on a
+    ``CommittingRoute`` the transaction commits as soon as the route function returns,
+    in its thread; otherwise when this dependency closes, before the response is
+    sent. An error rolls it back.
 
     Raises:
         AuthenticationError: no key, or an unknown or revoked one (checked every time).
@@ -102,3 +105,30 @@ async def current_tenant(authenticated: Authenticated) -> TenantIdentity:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
+
+
+class CommittingRoute(APIRoute):
+    """A route whose request session commits when the route function returns, in its thread.
+
+    The dependency's own exit would commit one thread hop later, after the response
+    is serialised (another hop): row locks (the tenant row on submission) and SQLite's
+    writer turn would be held across both. A route that raises commits nothing; the
+    dependency rolls its transaction back. ``async`` routes are left as they are.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if not inspect.iscoroutinefunction(endpoint):
+            endpoint = _commit_on_return(endpoint)
+        super().__init__(path, endpoint, **kwargs)
+
+
+def _commit_on_return(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the route's parameters through __wrapped__
+    def run(*args: Any, **kwargs: Any) -> Any:
+        result = endpoint(*args, **kwargs)
+        for value in kwargs.values():
+            if isinstance(value, Session):
+                value.commit()
+        return result
+
+    return run

@@ -1,10 +1,13 @@
-"""Prometheus metrics of one app: HTTP latency per route, jobs by status, live workers.
+"""Prometheus metrics of one app: HTTP latency per route, jobs by status, live workers,
+searches that stalled.
 
 Each app has its own registry (several apps can live in one test process).
 Under ``topiary serve --processes N`` the processes share their values through
 prometheus_client's multiprocess mode (files in ``PROMETHEUS_MULTIPROC_DIR``), so a
-scrape of any of them reports the counts of all. The middleware is plain ASGI so
-that it also times streamed responses.
+scrape of any of them reports the counts of all. The stall counter is read from
+the database (the workers detect stalls and write one event per stall), so it is
+the same whichever process is scraped. The middleware is plain ASGI so that it
+also times streamed responses.
 """
 
 from __future__ import annotations
@@ -13,19 +16,33 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import Engine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.jobs import count_jobs_by_status, count_live_workers
+from service.jobs import count_jobs_by_status, count_live_workers, count_stalls
 
 logger = logging.getLogger("service.api.access")
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class StallCounter:
+    """``topiary_search_stalls_total``: stall events on jobs, as last read from the database."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "topiary_search_stalls", "Searches that made no progress for their stall bound "
+            "(reported once per stall, whichever worker saw it)", value=self.value)
 
 
 class Metrics:
@@ -42,6 +59,8 @@ class Metrics:
         self.live_workers = Gauge("topiary_live_workers",
                                   "Workers with a heartbeat in the last two lease periods",
                                   registry=self.registry, multiprocess_mode="mostrecent")
+        self.stalls = StallCounter()
+        self.registry.register(self.stalls)
 
     def refresh_from_database(self, engine: Engine, lease_seconds: float) -> None:
         """Read the job and worker gauges from the database now.
@@ -52,6 +71,7 @@ class Metrics:
         for status, count in count_jobs_by_status(engine).items():
             self.jobs.labels(status=status).set(count)
         self.live_workers.set(count_live_workers(engine, within_seconds=2 * lease_seconds))
+        self.stalls.value = count_stalls(engine)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every instrument (of every API process)."""
@@ -59,6 +79,7 @@ class Metrics:
             return generate_latest(self.registry)
         every_process = CollectorRegistry()
         MultiProcessCollector(every_process)
+        every_process.register(self.stalls)
         return generate_latest(every_process)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from core.progress import JobProgress
 from core.spec import JobSpec
 from service.db import utcnow
-from service.jobs import JobStatus
-from service.tables import Artifact, Event, Job, WeightsUpload
-from service.trials import TrialSummary
+from service.jobs import Artifact, Event, Job, JobStatus
+from service.tables import WeightsUpload
+from service.trials import TrialPublic
 
 # The body of POST /v1/jobs is the job spec itself (core.spec.JobSpec).
 JobCreate = JobSpec
@@ -22,20 +23,6 @@ class ErrorPublic(BaseModel):
 
     code: str
     detail: str | list[dict[str, Any]]
-
-
-class JobProgress(BaseModel):
-    """Trial counts from the workers, plus elapsed time and a rough ETA."""
-
-    model_config = ConfigDict(extra="allow")
-
-    trials_complete: int = 0
-    trials_running: int = 0
-    trials_failed: int = 0
-    trials_pruned: int = 0
-    trials_total: int = 0
-    elapsed_seconds: float | None = None
-    eta_seconds: float | None = None
 
 
 class JobError(BaseModel):
@@ -92,15 +79,11 @@ def _progress(job: Job) -> JobProgress:
     reported = dict(job.progress or {})
     reported.setdefault("trials_total", job.spec.get("search", {}).get("n_trials", 0))
     progress = JobProgress.model_validate(reported)
-    if job.started_at is not None:
-        end = job.finished_at or utcnow()
-        progress.elapsed_seconds = round((end - job.started_at).total_seconds(), 3)
-        done = progress.trials_complete + progress.trials_failed + progress.trials_pruned
-        if (not JobStatus(job.status).is_terminal() and done > 0
-                and progress.trials_total > done):
-            per_trial = progress.elapsed_seconds / done
-            progress.eta_seconds = round(per_trial * (progress.trials_total - done), 1)
-    return progress
+    if job.started_at is None:
+        return progress
+    end = job.finished_at or utcnow()
+    return progress.timed((end - job.started_at).total_seconds(),
+                          ended=JobStatus(job.status).is_terminal())
 
 
 class JobsPublic(BaseModel):
@@ -126,7 +109,7 @@ class EventPublic(BaseModel):
 class TrialsPublic(BaseModel):
     job_id: str
     study_name: str | None
-    data: list[TrialSummary]
+    data: list[TrialPublic]
     count: int
 
 

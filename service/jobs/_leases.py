@@ -32,9 +32,9 @@ from sqlalchemy.orm import Session
 from service.config import get_settings
 from service.db import affected_rows, use_session
 from service.jobs._clock import database_now, deadline_after
+from service.jobs._guard import move_jobs, status_values
 from service.jobs._state import EXCLUSIVE_STATUSES, JobStatus
-from service.jobs._transitions import after_transition, transition_values
-from service.tables import Event, Job, JobParticipant
+from service.jobs._tables import Event, Job, JobParticipant
 
 TOO_MANY_ATTEMPTS = "too_many_attempts"
 CLAIMABLE = (JobStatus.QUEUED, JobStatus.SEARCHING)
@@ -97,17 +97,13 @@ def _claim_queued(session: Session, worker_id: str, device_type: str,
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery())
-    values = transition_values(session, JobStatus.PREPARING, worker_id=worker_id,
-                               lease_seconds=lease_seconds, fields={"phase": "claimed"})
-    job = session.scalars(
-        update(Job).where(Job.id == candidate, Job.status == JobStatus.QUEUED.value)
-        .values(device_type=device_type, **values)
-        .returning(Job).execution_options(synchronize_session=False)).one_or_none()
-    if job is None:
+    moved = move_jobs(
+        session, JobStatus.PREPARING, Job.id == candidate, worker_id=worker_id,
+        lease_seconds=lease_seconds, values={"phase": "claimed", "device_type": device_type},
+        message=lambda job: f"claimed by worker {worker_id} (attempt {job.attempts + 1})")
+    if not moved:
         return None
-    after_transition(session, job, JobStatus.PREPARING, worker_id=worker_id,
-                     lease_seconds=lease_seconds,
-                     message=f"claimed by worker {worker_id} (attempt {job.attempts + 1})")
+    [job] = moved
     assert job.lease_expires_at is not None
     return _claimed(job, exclusive=True, worker_id=worker_id, expires=job.lease_expires_at)
 
@@ -184,7 +180,7 @@ def renew_lease(bind: Engine | Session, job_id: str, worker_id: str, *,
         expires = deadline_after(session, seconds)
         exclusive = session.execute(
             update(Job).where(Job.id == job_id, Job.lease_owner == worker_id,
-                              Job.status.in_([s.value for s in EXCLUSIVE_STATUSES]))
+                              Job.status.in_(status_values(EXCLUSIVE_STATUSES)))
             .values(lease_expires_at=expires).execution_options(synchronize_session=False))
         if affected_rows(exclusive):
             return True
@@ -207,35 +203,23 @@ def release_lease(bind: Engine | Session, job_id: str, worker_id: str) -> None:
     simply dropped (``requeue_expired`` cancels a search left with nobody).
     """
     with use_session(bind) as session:
-        held = and_(Job.id == job_id, Job.lease_owner == worker_id,
-                    Job.status.in_([s.value for s in EXCLUSIVE_STATUSES]))
         for target, pending, phase, message in (
                 (JobStatus.CANCELLED, True, "cancelled",
                  f"worker {worker_id} released the job; a cancel was pending, so cancelled"),
                 (JobStatus.QUEUED, False, "released by worker",
                  f"worker {worker_id} released the job; queued again")):
-            values = transition_values(session, target, worker_id=None, lease_seconds=None,
-                                       fields={"phase": phase})
-            job = session.scalars(
-                update(Job).where(held, Job.cancel_requested.is_(pending))
-                .values(**values).returning(Job)
-                .execution_options(synchronize_session=False)).one_or_none()
-            if job is not None:
-                after_transition(session, job, target, worker_id=worker_id,
-                                 lease_seconds=None, message=message)
+            move_jobs(session, target, Job.id == job_id, Job.lease_owner == worker_id,
+                      Job.cancel_requested.is_(pending), sources=EXCLUSIVE_STATUSES,
+                      worker_id=worker_id, values={"phase": phase},
+                      message=message)
         session.execute(delete(JobParticipant).where(JobParticipant.job_id == job_id,
                                                      JobParticipant.worker_id == worker_id))
 
 
 def _move_expired(session: Session, condition: Any, target: JobStatus, message: str,
-                  extra: dict[str, Any]) -> list[str]:
-    values = transition_values(session, target, worker_id=None, lease_seconds=None, fields={})
-    jobs = session.scalars(
-        update(Job).where(condition).values(**values, **extra).returning(Job)
-        .execution_options(synchronize_session=False)).all()
-    for job in jobs:
-        after_transition(session, job, target, worker_id=None, lease_seconds=None,
-                         message=message.format(attempts=job.attempts))
+                  extra: dict[str, Any], sources: frozenset[JobStatus]) -> list[str]:
+    jobs = move_jobs(session, target, condition, sources=sources, values=extra,
+                     message=lambda job: message.format(attempts=job.attempts))
     return [job.id for job in jobs]
 
 
@@ -255,28 +239,28 @@ def requeue_expired(bind: Engine | Session, *, max_attempts: int | None = None) 
     limit = max_attempts if max_attempts is not None else get_settings().max_attempts
     with use_session(bind) as session:
         now = database_now(session)
-        expired = and_(Job.status.in_([s.value for s in EXCLUSIVE_STATUSES]),
-                       or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+        leased = EXCLUSIVE_STATUSES  # the statuses whose job row carries a lease to expire
+        expired = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
         moved = _move_expired(session, and_(expired, Job.cancel_requested.is_(True)),
                               JobStatus.CANCELLED, "lease expired while a cancel was pending; "
-                              "cancelled", {})
+                              "cancelled", {}, leased)
         moved += _move_expired(
             session, and_(expired, Job.attempts + 1 >= limit), JobStatus.FAILED,
             f"lease expired {limit} times; failed", {
                 "attempts": Job.attempts + 1, "error_code": TOO_MANY_ATTEMPTS,
                 "error_message": f"the job's worker stopped responding {limit} times "
                                  "(crash, out of memory, lost machine); look at the "
-                                 "worker logs, then submit it again"})
+                                 "worker logs, then submit it again"}, leased)
         moved += _move_expired(session, expired, JobStatus.QUEUED,
                                "lease expired; queued again (attempt {attempts} lost)",
-                               {"attempts": Job.attempts + 1, "phase": "lease expired"})
+                               {"attempts": Job.attempts + 1, "phase": "lease expired"}, leased)
         session.execute(delete(JobParticipant).where(JobParticipant.lease_expires_at < now))
-        orphaned_cancel = and_(Job.status == JobStatus.SEARCHING.value,
-                               Job.cancel_requested.is_(True),
-                               ~select(JobParticipant.job_id)
-                               .where(JobParticipant.job_id == Job.id).exists())
-        moved += _move_expired(session, orphaned_cancel, JobStatus.CANCELLED,
-                               "no worker left on a cancelled search; cancelled", {})
+        nobody_left = and_(Job.cancel_requested.is_(True),
+                           ~select(JobParticipant.job_id)
+                           .where(JobParticipant.job_id == Job.id).exists())
+        moved += _move_expired(session, nobody_left, JobStatus.CANCELLED,
+                               "no worker left on a cancelled search; cancelled", {},
+                               frozenset({JobStatus.SEARCHING}))
         return moved
 
 

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session, joinedload
 from service.db import use_session
 from service.errors import NotFoundError
 from service.jobs._state import JobStatus
-from service.tables import Artifact, Event, Job, WeightsUpload, is_valid_id
+from service.jobs._tables import Artifact, Event, Job
+from service.tables import WeightsUpload, is_valid_id
 
 # One query: the artifacts come with the job instead of a second SELECT. Built once:
 # building a statement costs more than running it.

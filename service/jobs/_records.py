@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, update
 from sqlalchemy.orm import Session
 
+from core.catalog import CHECKPOINT_FORMATS
 from service.db import affected_rows, use_session
 from service.errors import NotFoundError
 from service.jobs._clock import database_now
 from service.jobs._state import ACTIVE_STATUSES
-from service.tables import Artifact, Event, Job
+from service.jobs._tables import Artifact, Event, Job
 
-ARTIFACT_KINDS = ("safetensors", "onnx", "torchscript")
+ARTIFACT_KINDS = tuple(CHECKPOINT_FORMATS)
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """A file a job produced, as ``succeed_job`` records it.
+
+    Attributes:
+        kind: ``safetensors``, ``onnx`` or ``torchscript`` (what ``?format=`` asks for).
+        path: absolute path on the shared artifact storage.
+        size: bytes.
+        sha256: hex digest (served as the download's ETag).
+    """
+
+    kind: str
+    path: str
+    size: int
+    sha256: str
 
 
 def _update_job(session: Session, job_id: str, values: dict[str, Any], *,

@@ -13,7 +13,8 @@ from core.spec import JobSpec, resolve_data_root
 from service.db import use_session, utcnow, write_connection
 from service.errors import SpecValidationError, TooManyJobsError
 from service.jobs._state import ACTIVE_STATUSES, JobStatus
-from service.tables import Event, Job, Tenant, WeightsUpload, is_valid_id, new_id
+from service.jobs._tables import Event, Job
+from service.tables import Tenant, WeightsUpload, is_valid_id, new_id
 
 # Statements of the submission path, built once over the tables (building one, or running
 # it through the ORM, costs more than running it).

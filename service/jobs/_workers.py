@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 
 from service.db import affected_rows, use_session
 from service.jobs._clock import database_now, deadline_after
-from service.tables import Worker
+from service.jobs._tables import Worker
 
 
 def register_worker(bind: Engine | Session, host: str, device_type: str, device_name: str,

@@ -11,7 +11,7 @@ from typing import Any
 
 from alembic import context
 
-from service import tables  # noqa: F401  (registers the tables on Base.metadata)
+from service import jobs, tables  # noqa: F401  (register the tables on Base.metadata)
 from service.db import VERSION_TABLE, Base, create_engine_for
 
 config = context.config

@@ -14,17 +14,18 @@ def test_digits_splits_are_disjoint_deterministic_and_sized() -> None:
     assert first.input_shape == (3, 16, 16) and first.num_classes == 10
     sizes = [len(getattr(first, s)) for s in ("train", "val", "test", "calibration")]
     assert sum(sizes) == 1797 and min(sizes) > 100
-    assert torch.equal(first.val.tensors[0], again.val.tensors[0])
-    assert not torch.equal(first.val.tensors[0], other.val.tensors[0])
+    assert torch.equal(first.val.images, again.val.images)
+    assert not torch.equal(first.val.images, other.val.images)
     image, label = first.train[0]
     assert image.shape == (3, 16, 16) and 0 <= int(label) < 10
     # No image appears in two splits.
-    flat = {s: {tuple(x.flatten()[:40].tolist()) for x in getattr(first, s).tensors[0]}
+    flat = {s: {tuple(x.flatten()[:40].tolist()) for x in getattr(first, s).images}
             for s in ("train", "val")}
     assert len(flat["train"] & flat["val"]) < 5  # digits has a few exact duplicates
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagefolder"])
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagefolder", "mnist",
+                                  "fashion_mnist"])
 def test_missing_root_names_the_path_and_what_was_expected(name: str, tmp_path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetError, match="nowhere") as error:
@@ -48,11 +49,26 @@ def test_imagefolder_reads_class_folders(tmp_path) -> None:
                 Image.new("RGB", (20, 20), (index * 40, 0, 0)).save(folder / f"{index}.png")
     splits = load_dataset("imagefolder", image_size=12, root=tmp_path)
     assert splits.num_classes == 2 and splits.train[0][0].shape == (3, 12, 12)
+    assert len(splits.test) == 6  # val/ is the test split, whole
+    inputs, labels = next(iter(splits.loader("test", 4)))
+    assert inputs.dtype == torch.float32 and inputs.shape == (4, 3, 12, 12)
+    torch.testing.assert_close(inputs[0], splits.test[0][0])
+
+
+def test_imagefolder_val_must_have_the_train_classes(tmp_path) -> None:
+    from PIL import Image
+
+    for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "cow"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            Image.new("RGB", (9, 9)).save(tmp_path / split / cls / "0.png")
+    with pytest.raises(DatasetError, match="same class"):
+        load_dataset("imagefolder", root=tmp_path)
 
 
 def test_unknown_dataset_and_missing_root() -> None:
     with pytest.raises(InvalidSpecError, match="unknown dataset"):
-        load_dataset("mnist")
+        load_dataset("emnist")
     with pytest.raises(InvalidSpecError, match="needs a root"):
         load_dataset("cifar10")
 
@@ -63,5 +79,7 @@ def test_splits_stay_put_on_cpu_and_move_to_cuda_when_they_fit() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU for the moving half")
     moved = splits.to_device("cuda")
-    assert moved.train.tensors[0].is_cuda and moved.num_classes == splits.num_classes
-    assert splits.to_device("cuda", max_share=0.0) is splits
+    assert moved.train.images.is_cuda and moved.num_classes == splits.num_classes
+    inputs, labels = next(iter(moved.loader("train", 8, shuffle=True, augment=True)))
+    assert inputs.is_cuda and labels.is_cuda
+    assert not splits.to_device("cuda", max_share=0.0).train.images.is_cuda

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from models.checkpoints import save_weights, sha256_file
 from models.datasets import DataSplits, load_dataset
 from models.export import (
     FORMAT_VERSION,
+    PREPROCESSING_KEY,
     export_onnx,
+    export_program,
     export_torchscript,
     load_pruned,
     read_pruned_metadata,
@@ -106,6 +109,7 @@ def test_metadata_round_trips_as_plain_data(pruned: torch.nn.Module, tmp_path: P
         "plan": PLAN.to_dict(),
         "input_shape": list(INPUT_SHAPE),
         "metrics": {"accuracy": 0.875, "flops": 1234567, "notes": ["a"]},
+        "preprocessing": None,  # not given (and absent from files written before it existed)
     }
     with safetensors.safe_open(str(path), "pt") as handle:
         raw = handle.metadata()
@@ -181,13 +185,31 @@ def test_onnx_export_agrees_with_pytorch_at_any_batch_size(pruned: torch.nn.Modu
         np.testing.assert_allclose(logits, _outputs(pruned, inputs).numpy(), atol=1e-4)
 
 
+def test_torch_export_program_loads_without_our_code_or_a_warning_and_agrees(
+        pruned: torch.nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "best.pt2"
+    export_program(pruned, path, INPUT_SHAPE, preprocessing={"mean": [0.5]})
+    assert os.listdir(tmp_path) == ["best.pt2"]
+    extra = {PREPROCESSING_KEY: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        program = torch.export.load(str(path), extra_files=extra).module()
+    assert json.loads(extra[PREPROCESSING_KEY]) == {"mean": [0.5]}
+    for batch in (1, 5):
+        inputs = _inputs(batch)
+        torch.testing.assert_close(_outputs(program, inputs), _outputs(pruned, inputs),
+                                   atol=1e-4, rtol=0)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_torchscript_export_loads_without_our_code_and_agrees(pruned: torch.nn.Module,
                                                               tmp_path: Path) -> None:
     path = tmp_path / "best.pt"
-    export_torchscript(pruned, path, INPUT_SHAPE)
+    export_torchscript(pruned, path, INPUT_SHAPE, preprocessing={"mean": [0.5]})
     assert os.listdir(tmp_path) == ["best.pt"]
-    scripted = torch.jit.load(str(path))
+    extra = {PREPROCESSING_KEY: ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra[PREPROCESSING_KEY]) == {"mean": [0.5]}
     for batch in (1, 5):
         inputs = _inputs(batch)
         torch.testing.assert_close(_outputs(scripted, inputs), _outputs(pruned, inputs),
@@ -219,3 +241,66 @@ def test_onnx_export_falls_back_to_the_tracing_exporter(tmp_path: Path) -> None:
     inputs = torch.randn(3, 3, 8, 8)
     (outputs,) = session.run(None, {"input": inputs.numpy()})
     np.testing.assert_allclose(outputs, _outputs(model, inputs).numpy(), atol=1e-4)
+
+
+def _as_the_readme_says(image_path: str, meta: dict) -> torch.Tensor:
+    """README, "Feeding one image": the preprocessing metadata and torchvision, nothing else."""
+    from PIL import Image
+    from torchvision import transforms
+
+    image = Image.open(image_path).convert("L" if meta["color"] == "grayscale" else "RGB")
+    tensor = transforms.Compose([transforms.Resize(meta["resize"]),
+                                 transforms.CenterCrop(meta["crop"]),
+                                 transforms.ToTensor()])(image)
+    tensor = tensor.expand(meta["channels"], -1, -1)  # gray: one channel, repeated
+    return transforms.Normalize(meta["mean"], meta["std"])(tensor).unsqueeze(0)
+
+
+def _test_images(dataset: str, splits: DataSplits, folder: Path) -> list[str]:
+    """The test split's first 12 images as files a user would hold."""
+    if dataset == "imagefolder":
+        return [path for path, _ in splits.test.samples[:12]]
+    from PIL import Image
+
+    paths = []
+    for index, image in enumerate(splits.test.images[:12, 0].numpy()):
+        paths.append(str(folder / f"{index}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("dataset", ["imagefolder", "fashion_mnist"])
+def test_an_image_preprocessed_as_the_metadata_says_gets_the_evaluations_logits(
+        dataset: str, image_folder: Path, idx_folder: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    root = image_folder if dataset == "imagefolder" else idx_folder
+    splits = load_dataset(dataset, image_size=16 if dataset == "imagefolder" else None,
+                          root=root, loader_workers=0)
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", num_classes=splits.num_classes)
+    train_model(model, splits, TrainConfig(epochs=1, batch_size=16), eval_split=None)
+    plan = PrunePlan(keep={"conv1": 12, "layer2.0.conv1": 20})
+    apply_plan(model, plan, splits.example_input())
+    path = tmp_path / "pruned.safetensors"
+    save_pruned(model, path, arch="cifar_resnet20",
+                arch_arguments={"num_classes": splits.num_classes}, plan=plan,
+                input_shape=splits.input_shape, metrics={},
+                preprocessing=splits.preprocessing.to_metadata())
+    loaded = load_pruned(path)
+    meta = loaded.topiary_metadata["preprocessing"]
+    assert meta == splits.preprocessing.to_metadata()
+    inputs, _ = next(iter(splits.loader("test", 12)))  # what the job's evaluation runs
+    evaluated = _outputs(model.eval(), inputs)
+    folder = tmp_path / "user"
+    folder.mkdir()
+    one_by_one = torch.cat([_outputs(loaded, _as_the_readme_says(image, meta))
+                            for image in _test_images(dataset, splits, folder)])
+    torch.testing.assert_close(one_by_one, evaluated, atol=1e-4, rtol=0)
+
+    onnx_path = tmp_path / "pruned.onnx"
+    export_onnx(loaded, onnx_path, splits.input_shape, preprocessing=meta)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    stored = session.get_modelmeta().custom_metadata_map[PREPROCESSING_KEY]
+    assert json.loads(stored) == meta
+    (logits,) = session.run(None, {"input": inputs.numpy()})
+    np.testing.assert_allclose(logits, evaluated.numpy(), atol=1e-4)

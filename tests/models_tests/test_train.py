@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, Subset
 from core.errors import InvalidSpecError, TrainingCancelled
 from models.architectures import build_model
 from models.datasets import DataSplits, load_dataset
+from models.optimizer import autocast_dtype, make_optimizer, make_schedule, parameter_groups
 from models.train import (
+    FINE_TUNE_LEARNING_RATE,
     TrainConfig,
     distillation_loss,
     evaluate,
@@ -91,7 +93,7 @@ def test_callback_sees_every_epoch_with_its_metrics(small_digits: DataSplits) ->
                     callback=lambda epoch, metrics: calls.append((epoch, metrics)))
     assert [epoch for epoch, _ in calls] == [1, 2, 3]
     for epoch, metrics in calls:
-        assert set(metrics) == {"train_loss", "val_accuracy", "lr", "seconds"}
+        assert set(metrics) == {"train_loss", "val_accuracy", "lr", "step", "seconds"}
         assert 0 <= metrics["val_accuracy"] <= 1 and metrics["seconds"] > 0
         assert history["train_loss"][epoch - 1] == metrics["train_loss"]
     assert history["epoch"] == [1, 2, 3]
@@ -245,16 +247,84 @@ def test_settings_that_cannot_work_are_refused(digits: DataSplits) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("amp", [None, False])
-def test_cuda_fine_tune_uses_float16_autocast_unless_turned_off(small_digits: DataSplits,
-                                                                amp: bool | None) -> None:
+def test_cuda_fine_tune_uses_mixed_precision_unless_turned_off(small_digits: DataSplits,
+                                                               amp: bool | None) -> None:
     model = _fresh_resnet()
     seen: list[torch.dtype] = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda _m, _i, output: seen.append(output.dtype))
     history = fine_tune(model, small_digits, 2, device="cuda", amp=amp)
-    expected = torch.float32 if amp is False else torch.float16
+    # bfloat16 where the GPU has it (no gradient scaler), float16 elsewhere.
+    expected = torch.float32 if amp is False else autocast_dtype(torch.device("cuda"))
     assert seen and set(seen) == {expected}
     assert all(math.isfinite(loss) for loss in history["train_loss"])
     assert history["train_loss"][-1] < history["train_loss"][0]
     assert next(model.parameters()).device.type == "cuda"
     assert next(model.parameters()).dtype == torch.float32  # master weights stay float32
+
+
+def _count_training_passes(model: torch.nn.Module) -> list[int]:
+    passes: list[int] = []
+    model.register_forward_hook(
+        lambda module, _inputs, _output: passes.append(1) if module.training else None)
+    return passes
+
+
+def test_a_run_of_steps_stops_at_its_count_mid_epoch(small_digits: DataSplits) -> None:
+    tiny = dataclasses.replace(small_digits, train=Subset(small_digits.train, range(40)))
+    model = _fresh_resnet()
+    passes = _count_training_passes(model)
+    calls: list[int] = []
+    # 40 images at batch 16: 3 steps a pass, so 7 steps end one step into the third pass.
+    history = fine_tune(model, tiny, 0, steps=7, batch_size=16,
+                        callback=lambda epoch, metrics: calls.append(epoch))
+    assert len(passes) == 7
+    assert history["step"] == [3.0, 6.0, 7.0] and calls == [1, 2, 3]
+    assert len(history["val_accuracy"]) == 3  # the last, partial pass is scored too
+    # The cosine spans the 7 steps: the last one runs at its step-6 value.
+    assert history["lr"][-1] == pytest.approx(
+        FINE_TUNE_LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * 6 / 7)))
+    assert fine_tune(_fresh_resnet(), tiny, 0) == {"epoch": [], "train_loss": [], "lr": [],
+                                                    "step": [], "seconds": [],
+                                                    "val_accuracy": []}
+
+
+def test_warm_up_rises_to_the_peak_then_the_cosine_falls() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    schedule = make_schedule(optimizer, total_steps=20, warmup_steps=4)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:5] == sorted(rates[:5]) and rates[0] < 0.03
+    assert rates[4] == pytest.approx(0.1)
+    assert rates[4:] == sorted(rates[4:], reverse=True) and rates[-1] < 0.002
+
+
+def test_no_weight_decay_on_norm_layers_and_biases() -> None:
+    model = _fresh_resnet()
+    decayed, kept = parameter_groups(model, 5e-4, decay_norm_and_bias=False)
+    norm_and_bias = {id(p) for m in model.modules()
+                     if isinstance(m, torch.nn.BatchNorm2d | torch.nn.Linear)
+                     for name, p in m.named_parameters(recurse=False)
+                     if isinstance(m, torch.nn.BatchNorm2d) or name == "bias"}
+    assert {id(p) for p in kept["params"]} == norm_and_bias and kept["weight_decay"] == 0.0
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decayed["params"])
+    assert len(parameter_groups(model, 5e-4, decay_norm_and_bias=True)) == 1
+
+
+def test_adamw_channels_last_and_a_learning_rate_scaled_with_the_batch(
+        small_digits: DataSplits) -> None:
+    config = TrainConfig(epochs=1, learning_rate=0.001, optimizer="adamw", batch_size=128,
+                         reference_batch_size=64, warmup_epochs=0.5, channels_last=True)
+    assert config.peak_learning_rate() == pytest.approx(0.002)
+    assert isinstance(make_optimizer(_fresh_resnet(), "adamw", 0.002, 0.9, 0.01, False),
+                      torch.optim.AdamW)
+    model = _fresh_resnet()
+    history = train_model(model, small_digits, config, eval_split=None)
+    assert math.isfinite(history["train_loss"][0]) and history["lr"][0] <= 0.002
+    assert next(model.parameters()).is_contiguous()  # back to the default memory format
+    with pytest.raises(InvalidSpecError, match="optimizer"):
+        TrainConfig(epochs=1, optimizer="rmsprop")

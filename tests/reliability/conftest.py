@@ -7,33 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.cluster import Cluster, copy_logs
-
-# The API fixtures of the service tests (a real app on SQLite and on PostgreSQL).
-from tests.service_tests.conftest import (  # noqa: F401
-    api,
-    database_url,
-    engine,
-    migrated_url,
-    optuna_url,
-    settings,
-)
+from tests.support.cluster import Cluster
+from tests.support.invariants import copy_logs
 
 
 @pytest.fixture
-def cluster(postgres_admin_url: str, tmp_path: Path,
-            request: pytest.FixtureRequest) -> Iterator[Cluster]:
+def cluster(postgres_admin_url: str, postgres_template: str, tmp_path: Path) -> Iterator[Cluster]:
     """Fresh databases and a home folder; every process it starts is killed afterwards.
 
     The processes' logs stay under the test's ``tmp_path/logs``.
     """
-    with Cluster.create(postgres_admin_url, tmp_path / "home") as cluster:
+    with Cluster.create(postgres_admin_url, tmp_path / "home",
+                        template=postgres_template) as cluster:
         try:
             yield cluster
         finally:
             copy_logs(cluster, tmp_path / "logs")
-
-
-def logs_of(cluster: Cluster) -> str:
-    """The tail of every process's log, for an assertion message."""
-    return "\n".join(f"--- {p.name} {p.pid} ---\n{p.output(2500)}" for p in cluster.processes)

@@ -20,8 +20,8 @@ import pytest
 
 from models.checkpoints import atomic_destination
 from service.jobs import record_artifact
-from tests.reliability.cluster import ROOT, wait_for
-from tests.service_tests.conftest import Api, spec_json
+from tests.support import REPOSITORY, spec_json, wait_for
+from tests.support.fixtures import Api
 
 SIZE = 4 * 1024 * 1024
 # Files, not the database, are under test here: the embedded backend is enough.
@@ -54,7 +54,7 @@ def test_a_writer_killed_mid_write_leaves_the_served_file_whole(api: Api, tmp_pa
                 out.write(b"new" * 100_000)
                 out.flush()
                 time.sleep(600)
-        """)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        """)], cwd=REPOSITORY, env={**os.environ, "PYTHONPATH": str(REPOSITORY)})
     try:
         partial = wait_for(lambda: [p for p in path.parent.glob(".*.partial")
                                     if p.stat().st_size > 0], 60, "the writer to start")

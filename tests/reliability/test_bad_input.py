@@ -24,7 +24,8 @@ from safetensors.torch import save as save_safetensors
 from cli.client import ClientError, load_spec_file
 from models import build_model
 from service.jobs import JobStatus, get_job, list_events
-from tests.service_tests.conftest import Api, spec_json
+from tests.support import spec_json
+from tests.support.fixtures import Api
 from workers.worker import Worker
 
 # Request validation does not depend on the database: one backend is enough, except where

@@ -21,7 +21,8 @@ from safetensors.numpy import save as save_safetensors
 from schemathesis import GenerationMode
 
 from service.jobs import JobStatus, record_artifact, request_cancel, transition
-from tests.service_tests.conftest import Api, spec_json
+from tests.support import spec_json
+from tests.support.fixtures import Api
 
 EXAMPLES = 1100
 SEED = 20_260_811

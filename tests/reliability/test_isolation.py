@@ -27,8 +27,8 @@ from service.db import session_scope
 from service.jobs import JobStatus, append_event, get_job, record_artifact, transition
 from service.tables import ApiKey
 from service.tenants import PREFIX_LENGTH, create_api_key, hash_key
-from tests.reliability.cluster import ROOT, wait_for
-from tests.service_tests.conftest import Api, spec_json
+from tests.support import REPOSITORY, spec_json, wait_for
+from tests.support.fixtures import Api
 
 JOB_ROUTES = ("", "/trials", "/pareto", "/events?follow=false", "/events",
               "/checkpoint?format=safetensors", "/checkpoint?format=onnx")
@@ -108,11 +108,11 @@ def test_keys_are_stored_only_as_hashes(api: Api) -> None:
 
 
 def _revoke_in_another_process(api: Api, prefix: str) -> None:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT),
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY),
                    "TOPIARY_DATABASE_URL": api.settings.database_url,
                    "TOPIARY_HOME": str(api.settings.home)}
     done = subprocess.run([sys.executable, "-m", "cli.main", "keys", "revoke", prefix],
-                          cwd=ROOT, env=environment, capture_output=True, text=True,
+                          cwd=REPOSITORY, env=environment, capture_output=True, text=True,
                           timeout=120, check=False)
     assert done.returncode == 0, done.stderr
 

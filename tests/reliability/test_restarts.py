@@ -10,17 +10,16 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from service.jobs import JobStatus, set_study_name
-from tests.reliability.cluster import (
-    Cluster,
-    download_problems,
-    inspect_job,
+from tests.support import (
+    chaos_spec,
     postgres_restart_unavailable,
     postgres_stopped,
-    tiny_spec,
+    spec_json,
     wait_for,
 )
-from tests.reliability.conftest import logs_of
-from tests.service_tests.conftest import Api, spec_json
+from tests.support.cluster import Cluster
+from tests.support.fixtures import Api
+from tests.support.invariants import download_problems, inspect_job
 
 OUTAGE_SECONDS = 12
 
@@ -46,7 +45,7 @@ def test_api_and_postgresql_restarts_mid_search_lose_nothing(cluster: Cluster,
     api = cluster.start_api()
     worker = cluster.start_worker()
     with api.client() as client:
-        created = client.post("/v1/jobs", json=tiny_spec(search={"n_trials": 5}))
+        created = client.post("/v1/jobs", json=chaos_spec(search={"n_trials": 5}))
         assert created.status_code == 201, created.text
         job_id = created.json()["id"]
     wait_for(lambda: _finished(cluster, job_id) >= 1, 300, "a finished trial")
@@ -80,10 +79,10 @@ def test_api_and_postgresql_restarts_mid_search_lose_nothing(cluster: Cluster,
 
     job = cluster.wait_until_terminal(job_id, 400)
     outcome = inspect_job(cluster, job_id)
-    assert outcome.status == JobStatus.SUCCEEDED.value, (outcome, logs_of(cluster))
-    assert outcome.problems == [], (outcome, logs_of(cluster))
+    assert outcome.status == JobStatus.SUCCEEDED.value, (outcome, cluster.logs())
+    assert outcome.problems == [], (outcome, cluster.logs())
     assert outcome.finished_trials == 5 and trials_before < 5
-    assert worker.alive(), "the worker should have survived the restart: " + worker.output()
+    assert worker.alive(), "the worker should have survived the restart: " + worker.log_tail(60)
     assert download_problems(api, job) == []
     with api.client() as client:
         assert _events(client, job_id)[:len(before)] == before

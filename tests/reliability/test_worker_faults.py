@@ -12,8 +12,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from service.jobs import JobStatus
-from tests.reliability.cluster import Cluster, inspect_job, kill_at, leftover_temporaries
-from tests.reliability.conftest import logs_of
+from tests.support.cluster import Cluster, kill_at
+from tests.support.invariants import inspect_job, leftover_temporaries
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow,
               pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
@@ -42,8 +42,8 @@ def test_kills_while_preparing_mid_trial_and_while_exporting(cluster: Cluster) -
     job = cluster.wait_until_terminal(job_id, timeout=400)
 
     outcome = inspect_job(cluster, job_id)
-    assert outcome.status == JobStatus.SUCCEEDED.value, (outcome, logs_of(cluster))
-    assert outcome.problems == [], (outcome, logs_of(cluster))
+    assert outcome.status == JobStatus.SUCCEEDED.value, (outcome, cluster.logs())
+    assert outcome.problems == [], (outcome, cluster.logs())
     assert outcome.finished_trials == n_trials and outcome.duplicated_trials == 0
     assert job.attempts >= 2  # two exclusive leases were lost, and counted
     trials = cluster.study_trials(job_id)

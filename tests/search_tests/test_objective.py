@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+import copy
 
 import optuna
 import pytest
@@ -8,26 +8,28 @@ import torch
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
+from core.trial import TrialRecord
 from models.importance import ImportanceScores
-from models.plan import PrunePlan, prunable_groups, removable_blocks
+from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
 from models.train import TrainConfig
 from search.budget import is_surplus
+from search.costs import LatencyCache, architecture_fingerprint
 from search.objective import Objective
 from search.result import search_result
 from search.seeding import seed_plans, target_ratio
 from search.storage import open_storage
-from search.study import SEEDED_LATENCY_ATTR, enqueue_plans, open_study, run_trials
+from search.study import enqueue_plans, open_study, run_trials
 from tests.search_tests.conftest import make_context, make_spec
 
 RECORDED = {"plan", "accuracy", "latency_ms", "latency_p90_ms", "memory_mb", "flops", "params",
-            "fine_tune_seconds", "feasible"}
+            "fine_tune_seconds"}
 
 
 def _study(tmp_path, spec, name="job"):
     return open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), name, spec)
 
 
-def test_trials_record_every_metric_and_infeasible_plans_are_not_fine_tuned(
+def test_trials_record_every_metric_and_infeasible_plans_are_not_evaluated(
         tmp_path, baseline, baseline_metrics) -> None:
     spec = make_spec(search={"n_trials": 3})
     context = make_context(baseline, baseline_metrics, spec)
@@ -41,14 +43,17 @@ def test_trials_record_every_metric_and_infeasible_plans_are_not_fine_tuned(
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3
     for trial in trials:
-        assert RECORDED <= set(trial.user_attrs)
+        assert RECORDED - {"accuracy"} <= set(trial.user_attrs)
     first, second = trials[0], trials[1]
     assert first.user_attrs["warm_start"] == "unpruned"
-    assert first.user_attrs["feasible"] is False
+    assert TrialRecord.from_trial(first).feasible is False
     assert first.user_attrs["fine_tune_seconds"] == 0.0
-    assert first.user_attrs["violations"]["max_flops_ratio"] == pytest.approx(1 / 0.6 - 1, abs=1e-6)
-    assert first.constraints["max_flops_ratio"] > 0
-    assert second.user_attrs["feasible"] is True and second.user_attrs["fine_tune_seconds"] > 0
+    # It broke a counted limit: no evaluation at all, so no accuracy.
+    assert "accuracy" not in first.user_attrs and "accuracy_pruned" not in first.user_attrs
+    assert all("accuracy" in trial.user_attrs for trial in trials[1:])
+    assert first.constraints["max_flops_ratio"] == pytest.approx(1 / 0.6 - 1, abs=1e-6)
+    assert TrialRecord.from_trial(second).feasible is True
+    assert second.user_attrs["fine_tune_seconds"] > 0
     assert second.user_attrs["flops"] <= 0.6 * baseline_metrics["flops"]
 
 
@@ -168,7 +173,7 @@ def test_a_plan_that_breaks_only_a_latency_limit_is_timed_twice(
         study = _study(tmp_path, spec, name)
         run_trials(study, Objective(make_context(baseline, baseline_metrics, spec)), spec)
         [trial] = study.get_trials(states=(TrialState.COMPLETE,))
-        assert trial.user_attrs["feasible"] is False
+        assert TrialRecord.from_trial(trial).feasible is False
         retimed[name] = trial.user_attrs["latency_retimed"]
     # A second timing can rescue a plan only when latency alone stands in its way.
     assert retimed == {"only_latency": True, "also_flops": False}
@@ -188,7 +193,7 @@ def test_latency_limits_hold_when_the_baseline_was_timed_on_a_slower_machine(
     run_trials(study, Objective(context), spec)
     [trial] = study.get_trials(states=(TrialState.COMPLETE,))
     attrs = trial.user_attrs
-    assert attrs["feasible"] is False
+    assert TrialRecord.from_trial(trial).feasible is False
     assert attrs["latency_raw_ms"] < 0.5 * slow_moment["latency_ms"]  # the trap
     assert 0.5 < attrs["latency_ratio"] < 2.0
     assert attrs["latency_ms"] == pytest.approx(attrs["latency_ratio"]
@@ -200,7 +205,9 @@ def test_fine_tune_amp_follows_the_device_unless_the_spec_turns_it_off() -> None
     default = make_spec().fine_tune.training_settings()
     off = make_spec(fine_tune={"amp": False, "label_smoothing": 0.1}).fine_tune.training_settings()
     assert default["amp"] is None
-    assert off == {"learning_rate": 0.01, "batch_size": 64, "label_smoothing": 0.1, "amp": False}
+    assert off == {"learning_rate": 0.01, "batch_size": 64, "label_smoothing": 0.1, "amp": False,
+                   "optimizer": "sgd", "weight_decay": 5e-4, "decay_norm_and_bias": False,
+                   "warmup_epochs": 0.0, "reference_batch_size": 64, "channels_last": None}
     assert TrainConfig(epochs=1, device="cuda", **default).uses_amp() is True
     assert TrainConfig(epochs=1, device="cpu", **default).uses_amp() is False
     assert TrainConfig(epochs=1, device="cuda", **off).uses_amp() is False
@@ -222,22 +229,23 @@ def test_warm_start_plans_keep_the_latency_seeding_timed_them_with(
         "pls", {g.name: torch.arange(g.channels, dtype=torch.float32) for g in groups},
         {g.name: float(index) for index, g in enumerate(groups)},
         {b.name: float(index) for index, b in enumerate(blocks)}, 0.0)}
-    measured: dict[str, dict[str, Any]] = {}
+    measured = LatencyCache()
     plans = seed_plans(baseline.model, x, groups, blocks, scores,
                        target_ratio(spec.objective.constraints, baseline_metrics, spec.latency),
                        round_to=context.space.plan_round_to(), measured=measured)
-    assert set(measured) == {plan.fingerprint() for _, plan in plans}
+    assert set(measured) == {architecture_fingerprint(apply_plan(
+        copy.deepcopy(baseline.model), plan, x)) for _, plan in plans}
     assert any(plan.drop_blocks for _, plan in plans)
     study = _study(tmp_path, spec)
     queued = enqueue_plans(study, context.space, plans, measured)
     run_trials(study, Objective(context), spec)
 
     trials = study.get_trials(states=(TrialState.COMPLETE,))
-    timed = {found["arch_fingerprint"]: found["latency_ms"] for found in measured.values()}
     for trial in trials[:queued]:
         assert trial.user_attrs["latency_seeded"] is True
-        assert trial.user_attrs["latency_ms"] == timed[trial.user_attrs["arch_fingerprint"]]
-        assert trial.user_attrs["feasible"] is True  # sized under the limit by that timing
+        seeded = measured.get(trial.user_attrs["arch_fingerprint"])
+        assert seeded is not None and trial.user_attrs["latency_ms"] == seeded.latency_ms
+        assert TrialRecord.from_trial(trial).feasible is True  # sized under the limit by it
     assert all(trial.user_attrs["latency_seeded"] is False for trial in trials[queued:])
 
 
@@ -248,10 +256,10 @@ def test_a_seeded_latency_of_another_plan_is_not_used(tmp_path, baseline,
     context = make_context(baseline, baseline_metrics, spec)
     study = _study(tmp_path, spec)
     plan = PrunePlan(keep={g.name: 8 for g in context.space.groups})
-    seeded = {"latency_ms": 1e-7, "latency_p90_ms": 1e-7, "arch_fingerprint": "another"}
-    study.enqueue_trial(context.space.params_for(plan.keep, []),
-                        user_attrs={SEEDED_LATENCY_ATTR: seeded})
+    another = LatencyCache()
+    another.put("another network", {"latency_ms": 1e-7, "latency_p90_ms": 1e-7})
+    enqueue_plans(study, context.space, [("keep 8", plan)], another)
     run_trials(study, Objective(context), spec)
     [trial] = study.get_trials(states=(TrialState.COMPLETE,))
     assert trial.user_attrs["latency_seeded"] is False
-    assert trial.user_attrs["feasible"] is False  # timed for real: no network runs in 1 ns
+    assert TrialRecord.from_trial(trial).feasible is False  # timed for real: not in 1 ns

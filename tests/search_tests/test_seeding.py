@@ -23,17 +23,11 @@ from models.plan import (
     removable_blocks,
 )
 from search.constraints import Limit
-from search.seeding import (
-    MEASURED_MARGIN,
-    PROBED_DEPTHS,
-    PlanFit,
-    PlanProbe,
-    SeedTarget,
-    fitted_plans,
-    seed_plans,
-    target_ratio,
-)
+from search.costs import LatencyCache
+from search.fitting import MEASURED_MARGIN, PlanFit, fitted_plans
+from search.seeding import PROBED_DEPTHS, PlanProbe, SeedTarget, seed_plans, target_ratio
 from search.warm_start import shaped_plan
+from tests.search_tests.conftest import ScriptedTimer
 
 INPUT = (3, 16, 16)
 
@@ -125,11 +119,11 @@ def test_a_plain_float_target_is_a_flops_budget(network) -> None:  # type: ignor
     model, x, groups, blocks = network
     baseline_flops = count_flops_params(model, INPUT)[0]
 
-    measured: dict[str, dict[str, float]] = {}
+    measured = LatencyCache()
     plans = seed_plans(model, x, groups, blocks, {}, 0.5, round_to=4, measured=measured)
 
     assert [label for label, _ in plans] == ["uniform@0.50", "global/magnitude@0.50"]
-    assert measured == {}  # nothing was timed: trials time these plans themselves
+    assert len(measured) == 0  # nothing was timed: trials time these plans themselves
     assert _counts(model, plans[0][1], x)[0] <= 0.5 * baseline_flops
 
 
@@ -220,18 +214,9 @@ def test_with_a_probe_measured_limits_rank_plans_by_its_loss(network) -> None:  
     assert counted == seed_plans(model, x, groups, blocks, scores, 0.5, round_to=4)
 
 
-class _ScriptedTimings(PlanFit):
-    """A real PlanFit (real pruning, real FLOPs) whose latency timings come from a script,
-    so the retiming rule is tested without depending on this machine's noise."""
-
-    def __init__(self, timings: list[float], *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.timings = timings
-
-    def _latency(self, pruned: nn.Module, shape: tuple[int, ...],
-                 device: object) -> dict[str, float]:
-        timing = self.timings.pop(0)
-        return {"latency_ms": timing, "latency_p90_ms": 2 * timing}
+def _scripted(model: nn.Module, x: torch.Tensor, timings: list[float]) -> ScriptedTimer:
+    """Timings for a real PlanFit (real pruning, real FLOPs) from a script."""
+    return ScriptedTimer(model, INPUT, x.device, timings=list(timings))
 
 
 @pytest.mark.parametrize(("timings", "fits", "left"), [
@@ -244,19 +229,21 @@ class _ScriptedTimings(PlanFit):
 def test_a_plan_that_misses_only_on_latency_is_timed_once_more(  # type: ignore[no-untyped-def]
         network, timings, fits, left) -> None:
     model, x, groups, blocks = network
-    fit = _ScriptedTimings(list(timings), model, x, [Limit("max_latency_ms", "latency_ms", 1.0)])
+    timer = _scripted(model, x, timings)
+    fit = PlanFit(model, x, [Limit("max_latency_ms", "latency_ms", 1.0)], timer=timer)
     plan = PrunePlan(drop_blocks=["layer1.0"])
 
     assert fit(plan) is fits
-    assert len(fit.timings) == left
-    assert fit(plan) is fits and len(fit.timings) == left  # memoised
+    assert len(timer.timings) == left
+    assert fit(plan) is fits and len(timer.timings) == left  # memoised
 
 
 def test_a_plan_that_also_breaks_a_counted_limit_is_not_timed_again(network) -> None:  # type: ignore[no-untyped-def]
     model, x, groups, blocks = network
     flops = count_flops_params(model, INPUT)[0]
-    fit = _ScriptedTimings([1.05, 0.5], model, x, [Limit("max_latency_ms", "latency_ms", 1.0),
-                                                  Limit("max_flops", "flops", 0.1 * flops)])
+    timer = _scripted(model, x, [1.05, 0.5])
+    fit = PlanFit(model, x, [Limit("max_latency_ms", "latency_ms", 1.0),
+                             Limit("max_flops", "flops", 0.1 * flops)], timer=timer)
 
     assert not fit(PrunePlan(drop_blocks=["layer1.0"]))
-    assert fit.timings == [0.5]
+    assert timer.timings == [0.5]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tests.conftest import create_postgres_database, drop_postgres_database
+from tests.support import REPOSITORY, create_database, drop_database
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 PROCESSES = 4
 ROUNDS = 3
 # Each process waits for the same instant, then opens the storage: without the retry
@@ -26,7 +24,7 @@ open_storage(sys.argv[1]).get_all_studies()
 def test_processes_opening_a_fresh_storage_together_all_succeed(
         postgres_admin_url: str) -> None:
     for _ in range(ROUNDS):
-        url = create_postgres_database(postgres_admin_url, prefix="topiary_optuna")
+        url = create_database(postgres_admin_url, prefix="topiary_optuna")
         try:
             start = time.time() + 3.0  # after every interpreter has imported Optuna
             processes = [subprocess.Popen([sys.executable, "-c", OPEN_AT, url, str(start)],
@@ -37,4 +35,4 @@ def test_processes_opening_a_fresh_storage_together_all_succeed(
                         if process.returncode != 0]
             assert not failures, failures[0][-2000:]
         finally:
-            drop_postgres_database(postgres_admin_url, url)
+            drop_database(postgres_admin_url, url)

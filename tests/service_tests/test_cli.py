@@ -1,10 +1,5 @@
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +12,7 @@ from cli.main import app
 from service.config import get_settings
 from service.db import create_engine_for, session_scope
 from service.tenants import authenticate
-
-REPOSITORY = Path(__file__).parents[2]
+from tests.support import program_environment, served_api
 
 
 @pytest.fixture
@@ -67,41 +61,12 @@ def test_serve_refuses_auth_none_off_loopback(monkeypatch: pytest.MonkeyPatch,
     assert not (tmp_path / "topiary.db").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _start_server(arguments: list[str], environment: dict[str, str]) -> subprocess.Popen[str]:
-    """``topiary serve`` with ``arguments`` in a subprocess, once ``/readyz`` answers 200."""
-    port = arguments[arguments.index("--port") + 1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "serve", *arguments], cwd=REPOSITORY,
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise AssertionError(f"server did not start: {server.communicate(timeout=30)}")
-        time.sleep(0.2)
-
-
 @pytest.mark.slow
 def test_serve_migrates_and_answers(tmp_path: Path) -> None:
-    port = _free_port()
-    environment = {**os.environ, "TOPIARY_HOME": str(tmp_path), "TOPIARY_AUTH": "none"}
-    server = _start_server(["--port", str(port)], environment)
-    try:
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/jobs").json()["count"] == 0
-    finally:
-        server.terminate()
-        _, log = server.communicate(timeout=30)
+    log_path = tmp_path / "serve.log"
+    with served_api(program_environment(tmp_path, auth="none"), log_path) as server:
+        assert httpx.get(f"{server.base_url}/v1/jobs").json()["count"] == 0
+    log = log_path.read_text()
     assert '"message": "authentication is off' in log
     assert '"route": "/v1/jobs"' in log  # one JSON access line per request
 
@@ -128,13 +93,11 @@ def _histogram_count(metrics: str, route: str) -> float:
 @pytest.mark.slow
 def test_serve_processes_share_the_port_and_the_metrics(tmp_path: Path,
                                                        postgres_url: str) -> None:
-    port = _free_port()
     home = tmp_path / "home"
-    environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_AUTH": "none",
-                   "TOPIARY_DATABASE_URL": postgres_url}
-    server = _start_server(["--port", str(port), "--processes", "2"], environment)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    log_path = tmp_path / "serve.log"
+    environment = program_environment(home, postgres_url, auth="none")
+    with served_api(environment, log_path, arguments=["--processes", "2"]) as server:
+        base = server.base_url
         sent = 0
         # Requests on new connections until both processes have answered some (each
         # keeps its values in a file of its own, named by its pid).
@@ -149,7 +112,4 @@ def test_serve_processes_share_the_port_and_the_metrics(tmp_path: Path,
         # Any process's /metrics reports the requests of both.
         for _ in range(3):
             assert _histogram_count(httpx.get(f"{base}/metrics").text, "/healthz") == sent
-    finally:
-        server.terminate()
-        _, log = server.communicate(timeout=30)
-    assert '"processes": 2' in log
+    assert '"processes": 2' in log_path.read_text()

@@ -24,30 +24,28 @@ from safetensors.numpy import save_file
 from typer.testing import CliRunner
 
 from cli.client import ClientError, TopiaryClient
-from cli.demo import free_port
 from cli.main import app
 from service.api.app import create_app
 from service.config import Settings
 from service.db import create_engine_for, migrate
 from service.jobs import record_artifact
 from service.tenants import create_api_key
-
-REPOSITORY = Path(__file__).parents[2]
+from tests.support import (
+    REPOSITORY,
+    ChildProcess,
+    free_port,
+    program_environment,
+    start_child,
+    topiary_command,
+)
+from tests.support import tiny_spec as support_tiny_spec
 
 
 def tiny_spec(**overrides: Any) -> dict[str, Any]:
     """A job that runs in seconds: ResNet-20 on 16x16 digits, three trials."""
-    spec: dict[str, Any] = {
-        "name": "cli-test",
-        "model": {"arch": "cifar_resnet20"},
-        "dataset": {"name": "digits", "image_size": 16},
-        "objective": {"constraints": {"max_flops_ratio": 0.5}},
-        "latency": {"device": "cpu", "runs": 5, "warmup": 1},
-        "search": {"n_trials": 3, "warm_start": ["pls"]},
-        "fine_tune": {"trial_epochs": 0, "final_epochs": 1, "baseline_epochs": 1},
-    }
-    spec.update(overrides)
-    return spec
+    return support_tiny_spec(**{"name": "cli-test", "search": {"n_trials": 3},
+                                "fine_tune": {"trial_epochs": 0, "baseline_epochs": 1},
+                                **overrides})
 
 
 @dataclass
@@ -250,20 +248,16 @@ def test_cli_submit_status_cancel_download_of_a_queued_job(live_api: LiveApi,
 
 
 @pytest.fixture
-def worker_process(live_api: LiveApi, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+def worker_process(live_api: LiveApi, tmp_path: Path) -> Iterator[ChildProcess]:
     settings = live_api.settings
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1",
-                   "TOPIARY_HOME": str(settings.home),
-                   "TOPIARY_DATABASE_URL": settings.database_url,
-                   "TOPIARY_OPTUNA_URL": settings.optuna_url}
-    log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker", "--device", "cpu", "--threads", "1"],
-        cwd=REPOSITORY, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
+    environment = program_environment(settings.home, settings.database_url,
+                                      settings.optuna_url)
+    process = start_child("worker", topiary_command("worker", "--device", "cpu", "--threads",
+                                                    "1"),
+                          environment=environment, log_path=tmp_path / "worker.log",
+                          cwd=REPOSITORY)
     yield process
-    process.terminate()
-    assert process.wait(timeout=60) == 0, (tmp_path / "worker.log").read_text()[-3000:]
-    log.close()
+    assert process.stop(60) == 0, process.log_tail(60)
 
 
 @pytest.mark.slow

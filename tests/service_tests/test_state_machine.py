@@ -11,6 +11,8 @@ from service.errors import DatabaseError
 from service.jobs import (
     ALLOWED_FROM,
     InvalidTransitionError,
+    Job,
+    JobParticipant,
     JobStatus,
     NotFoundError,
     can_transition,
@@ -23,7 +25,6 @@ from service.jobs import (
     request_cancel,
     transition,
 )
-from service.tables import Job, JobParticipant
 from service.tenants import TenantIdentity
 from tests.service_tests.conftest import make_jobs
 

@@ -27,7 +27,9 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import Engine
 
+from core.catalog import CHECKPOINT_FORMATS
 from core.spec import JobSpec
+from core.trial import TrialRecord
 from models.architectures import build_model
 from models.plan import PrunePlan, prunable_groups, removable_blocks
 from search.space import SearchSpace
@@ -48,7 +50,7 @@ from workers.progress import progress_of
 
 # An SVG namespace is an identifier, never fetched.
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"
-CHECKPOINT_SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
+CHECKPOINT_SUFFIXES = CHECKPOINT_FORMATS
 
 
 @dataclass
@@ -121,7 +123,7 @@ def seed_searched_job(engine: Engine, optuna_url: str, tenant_id: int, *,
         trial = scratch.ask()
         keep, dropped = space.suggest(trial)
         plan = PrunePlan(keep=keep, drop_blocks=dropped, round_to=space.plan_round_to())
-        trial.set_user_attr("worker", "test-worker")
+        TrialRecord(worker="test-worker").store(trial)
         if number in (5, 11):  # one stopped by the pruner, one crashed: neither measured
             scratch.tell(trial, state=TrialState.PRUNED if number == 5 else TrialState.FAIL)
             continue
@@ -129,9 +131,9 @@ def seed_searched_job(engine: Engine, optuna_url: str, tenant_id: int, *,
         feasible = metrics["latency_ms"] <= max_latency
         if not feasible:  # constraint missed: measured without the fine-tune
             metrics["accuracy"] -= 0.3
-        for key, value in {"plan": plan.to_dict(), **metrics, "feasible": feasible,
-                           "fine_tune_seconds": 1.2 if feasible else 0.0}.items():
-            trial.set_user_attr(key, value)
+        TrialRecord(plan=plan.to_dict(), **metrics, fine_tune_seconds=1.2 if feasible else 0.0,
+                    violations={"max_latency_ratio": metrics["latency_ms"] / max_latency - 1}
+                    ).store(trial)
         scratch.tell(trial, metrics["accuracy"])
         measured += 1
     study_name = study_name_for(job_id)
@@ -150,7 +152,7 @@ def seed_searched_job(engine: Engine, optuna_url: str, tenant_id: int, *,
 
 
 def finish_job(engine: Engine, job_id: str, artifact_dir: Path, best: dict[str, Any]) -> None:
-    """Take a searching job to ``succeeded`` with its three checkpoint files."""
+    """Take a searching job to ``succeeded`` with its checkpoint files."""
     transition(engine, job_id, JobStatus.FINALIZING)
     for kind, suffix in CHECKPOINT_SUFFIXES.items():
         path = artifact_dir / f"{job_id}{suffix}"
@@ -263,7 +265,8 @@ def test_another_tenants_job_page_gets_nothing_from_the_api(api: Api) -> None:
     assert page.status_code == 200 and seeded.id not in page.text
     # What the page's script asks for, and the download links it would show.
     for path in ("", "/trials", "/pareto", "/checkpoint?format=safetensors",
-                 "/checkpoint?format=onnx", "/checkpoint?format=torchscript"):
+                 "/checkpoint?format=onnx", "/checkpoint?format=pt2",
+                 "/checkpoint?format=torchscript"):
         response = intruder.get(f"/v1/jobs/{seeded.id}{path}")
         assert response.status_code == 404, path
         assert "resnet20" not in response.text

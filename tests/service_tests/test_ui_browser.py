@@ -13,9 +13,7 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,9 +31,9 @@ from service.config import Settings
 from service.db import create_engine_for, migrate
 from service.tenants import create_api_key
 from tests.service_tests.test_ui import finish_job, seed_searched_job
+from tests.support import program_environment, served_api
 
 pytestmark = pytest.mark.slow
-REPOSITORY = Path(__file__).resolve().parents[2]
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -152,12 +150,6 @@ class LiveServer:
         return response.json()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """``topiary serve`` with API keys on, tenant acme owning two jobs and globex one."""
@@ -175,27 +167,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
                                   name="globex-secret-run", n_trials=6)
     finally:
         engine.dispose()
-    port = _free_port()
-    environment = {**os.environ, "TOPIARY_HOME": str(home), "TOPIARY_AUTH": "key"}
-    process = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port)],
-                               cwd=REPOSITORY, env=environment, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
-        yield LiveServer(url=url, settings=settings, key=acme.key, other_key=globex.key,
-                         job_id=job.id, other_job_id=other.id)
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
+    with served_api(program_environment(home, auth="key"), home / "serve.log") as served:
+        yield LiveServer(url=served.base_url, settings=settings, key=acme.key,
+                         other_key=globex.key, job_id=job.id, other_job_id=other.id)
 
 
 @pytest.fixture(scope="module")

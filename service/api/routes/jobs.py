@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from service import jobs
-from service.api.deps import CurrentTenant, SessionDep, SettingsDep
+from service.api.deps import CommittingRoute, CurrentTenant, SessionDep, SettingsDep
 from service.api.schemas import ErrorPublic, JobCreate, JobPublic, JobsPublic
 from service.jobs import JobStatus
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CommittingRoute)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "no such job for this tenant"}}
 
@@ -25,7 +25,6 @@ def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
     assert settings.data_root is not None
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
                           max_active_jobs=settings.max_concurrent_jobs_per_tenant)
-    session.commit()  # releases the tenant row lock now (see deps.authenticated_session)
     return JobPublic.from_row(job)
 
 
@@ -51,5 +50,4 @@ def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPubl
 def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPublic:
     """Cancel now if no worker holds the job, else ask its workers to stop."""
     job = jobs.request_cancel(session, tenant.id, job_id)
-    session.commit()
     return JobPublic.from_row(job)

@@ -9,21 +9,22 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import FileResponse, Response
 
+from core.catalog import CHECKPOINT_FORMATS
 from service import jobs
-from service.api.deps import CurrentTenant, SessionDep, StudyReaderDep
+from service.api.deps import CommittingRoute, CurrentTenant, SessionDep, StudyReaderDep
 from service.api.schemas import ErrorPublic, TrialsPublic
 from service.errors import NotFoundError
-from service.trials import TrialSummary, pareto_front
+from service.trials import TrialPublic, pareto_front
 
-router = APIRouter(prefix="/v1/jobs", tags=["results"])
+router = APIRouter(prefix="/v1/jobs", tags=["results"], route_class=CommittingRoute)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "no such job (or no checkpoint yet)"}}
-CheckpointFormat = Literal["safetensors", "onnx", "torchscript"]
-_SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
+CheckpointFormat = Literal["safetensors", "onnx", "pt2", "torchscript"]  # CHECKPOINT_FORMATS
+_SUFFIXES = CHECKPOINT_FORMATS
 
 
 def _trials_public(job_id: str, study_name: str | None,
-                   trials: list[TrialSummary]) -> TrialsPublic:
+                   trials: list[TrialPublic]) -> TrialsPublic:
     return TrialsPublic(job_id=job_id, study_name=study_name, count=len(trials),
                         data=trials)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, UploadFile
 
-from service.api.deps import CurrentTenant, SessionDep, SettingsDep
+from service.api.deps import CommittingRoute, CurrentTenant, SessionDep, SettingsDep
 from service.api.schemas import ErrorPublic, WeightsPublic
 from service.uploads import get_upload, store_upload
 
-router = APIRouter(prefix="/v1/weights", tags=["weights"])
+router = APIRouter(prefix="/v1/weights", tags=["weights"], route_class=CommittingRoute)
 
 
 @router.post("", status_code=201, responses={
@@ -22,7 +22,6 @@ def upload_weights(file: UploadFile, tenant: CurrentTenant, session: SessionDep,
     refused without being loaded.
     """
     upload = store_upload(session, settings, tenant.id, file.filename, file.file)
-    session.commit()
     return WeightsPublic.from_row(upload)
 
 

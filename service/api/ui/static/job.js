@@ -12,7 +12,8 @@ const FORMATS = [
   { format: "safetensors", suffix: ".safetensors",
     about: "weights + plan; load with models.export.load_pruned" },
   { format: "onnx", suffix: ".onnx", about: "for ONNX Runtime and other runtimes" },
-  { format: "torchscript", suffix: ".pt", about: "torch.jit.load, no Topiary needed" },
+  { format: "pt2", suffix: ".pt2", about: "torch.export.load, no Topiary needed" },
+  { format: "torchscript", suffix: ".pt", about: "torch.jit.load (deprecated); for LibTorch C++" },
 ];
 const jobId = decodeURIComponent(location.pathname.split("/ui/jobs/")[1] || "");
 const jobPath = `/v1/jobs/${encodeURIComponent(jobId)}`;
