@@ -4,15 +4,18 @@ Starts the real server (``python -m cli.main serve``, uvicorn on loopback) in a
 subprocess for each backend (on PostgreSQL once per ``--processes`` count), seeds a
 few hundred jobs of 100 tenants (submissions rotate over their keys: the tenant row
 lock and the active-job count are per tenant, as with many users), then measures
-``GET /v1/jobs/{id}`` and ``POST /v1/jobs`` twice: closed loop (N clients sending
-back to back: the throughput ceiling) and paced (a fixed request rate: latency at
-that load, measured from each request's scheduled time so a stall counts).
+``GET /v1/jobs/{id}``, ``POST /v1/jobs`` and ``GET /healthz`` three ways: closed loop
+(N clients sending back to back: the throughput ceiling), paced (a fixed request
+rate: latency at that load, measured from each request's scheduled time so a stall
+counts) and sequential (one client, one request at a time: the server CPU one
+request costs, with no queueing).
 The load generator runs on the same machine and competes for its cores, so
 every row also shows the CPU milliseconds one request cost the server process,
 PostgreSQL's processes and the load generator (from ``/proc``): on a small
 machine their sum over the cores bounds the throughput, whatever the code waits on.
 
     .venv/bin/python bench/api_load.py [--duration 5] [--rate 200] [--jobs 300] [--processes 1,2]
+        [--endpoints GET,POST,HEALTHZ] [--modes closed,paced,sequential]
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ def _server(url: str, home: Path, processes: int = 1) -> AbstractContextManager[
 
 
 Request = Callable[[http.client.HTTPConnection, int], int]
+LABELS = {"GET": "GET /v1/jobs/{id}", "POST": "POST /v1/jobs", "HEALTHZ": "GET /healthz"}
 
 
 def _requester(endpoint: str, keys: list[str], jobs: list[tuple[str, str]]) -> Request:
@@ -168,6 +172,8 @@ def _requester(endpoint: str, keys: list[str], jobs: list[tuple[str, str]]) -> R
         if endpoint == "GET":
             key, job_id = jobs[index % len(jobs)]
             connection.request("GET", f"/v1/jobs/{job_id}", headers=headers(key))
+        elif endpoint == "HEALTHZ":
+            connection.request("GET", "/healthz")
         else:
             connection.request("POST", "/v1/jobs", body=body,
                                headers=headers(keys[index % len(keys)]))
@@ -226,6 +232,10 @@ def main() -> None:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--processes", default="1,2",
                         help="API processes to measure on PostgreSQL (SQLite serves one)")
+    parser.add_argument("--endpoints", default="GET,POST,HEALTHZ",
+                        help="of GET (/v1/jobs/{id}), POST (/v1/jobs), HEALTHZ (/healthz)")
+    parser.add_argument("--modes", default="closed,paced,sequential",
+                        help="of closed (closed loop), paced (--rate), sequential (1 client)")
     options = parser.parse_args()
 
     results: list[Result] = []
@@ -241,13 +251,16 @@ def main() -> None:
             with _database(backend, home) as url:
                 keys, jobs = _seed(url, options.jobs, options.tenants)
                 with _server(url, home, processes) as (port, pid):
-                    for endpoint, label in (("GET", "GET /v1/jobs/{id}"),
-                                            ("POST", "POST /v1/jobs")):
+                    for endpoint in options.endpoints.split(","):
+                        label = LABELS[endpoint]
                         send = _requester(endpoint, keys, jobs)
                         _run(port, send, clients=2, duration=1.0, rate=None)  # warm-up
-                        for mode, clients, rate in (
-                                (f"closed c={options.clients}", options.clients, None),
-                                (f"paced {options.rate:g}/s", 16, options.rate)):
+                        modes = {"closed": (f"closed c={options.clients}", options.clients,
+                                            None),
+                                 "paced": (f"paced {options.rate:g}/s", 16, options.rate),
+                                 "sequential": ("sequential c=1", 1, None)}
+                        for mode, clients, rate in (modes[name]
+                                                    for name in options.modes.split(",")):
                             before = _cpu_now(pid)
                             latencies, errors, seconds = _run(
                                 port, send, clients=clients, duration=options.duration,

@@ -21,9 +21,10 @@ The run ends when every job ended or is stuck, when ``--deadline-minutes`` pass,
 on SIGTERM / SIGINT; the report is printed in every case. The default run (20 jobs)
 takes about an hour on two shared cores.
 
-Needs PostgreSQL at TOPIARY_TEST_POSTGRES_URL (default: postgres@127.0.0.1:5432) and,
-for the server restarts, root and ``pg_ctlcluster`` on this machine (else they are
-skipped and the report says so). Logs of every process stay under ``--keep``.
+Needs PostgreSQL at TOPIARY_TEST_POSTGRES_URL (default: postgres@127.0.0.1:5432) or,
+for the server restarts, PostgreSQL's server programs (``initdb``, ``pg_ctl``) on this
+machine: the run then starts a server of its own, the one it restarts (else the
+restarts are skipped and the report says so). Logs of every process stay under ``--keep``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,9 +59,10 @@ from search.stall import STUCK_AFTER_BOUNDS, StallPolicy, standing  # noqa: E402
 from service.db import session_scope  # noqa: E402
 from service.jobs import JobParticipant, JobStatus, count_stalls  # noqa: E402
 from tests.support import (  # noqa: E402
+    PrivatePostgres,
     admin_url,
-    postgres_restart_unavailable,
-    restart_postgres,
+    private_postgres,
+    private_postgres_unavailable,
 )
 from tests.support.cluster import FAULT_POINTS, Api, Cluster, victim_at  # noqa: E402
 from tests.support.first_heartbeat import UnownedTrial, strike_before_first_heartbeat  # noqa: E402
@@ -156,7 +160,7 @@ class Monkey:
         if searching and self.restarts.get("postgres", 0) > 0 and self.rng.random() < 0.01:
             self.restarts["postgres"] -= 1
             down = self.rng.choice([0.0, 10.0])
-            restart_postgres(self.cluster.admin_url, down_seconds=down)
+            self.cluster.restart_postgres(down_seconds=down)
             self.tally.faults[f"PostgreSQL restart ({down:.0f} s down)"] += 1
 
     def strike_before_first_heartbeat(self, plan: Plan, now: float) -> None:
@@ -170,7 +174,7 @@ class Monkey:
         def fault(trial: UnownedTrial) -> None:
             if take_database_down:
                 self.restarts["postgres"] -= 1
-                restart_postgres(self.cluster.admin_url, down_seconds=10.0)
+                self.cluster.restart_postgres(down_seconds=10.0)
             else:
                 trial.process.kill()
 
@@ -289,11 +293,22 @@ def plan_faults(job_ids: list[str], faults: int, rng: random.Random) -> list[Pla
     return plans
 
 
+@contextmanager
+def database_server(private: bool) -> Iterator[PrivatePostgres | None]:
+    """A PostgreSQL server of the run's own when ``private`` (the one the monkey restarts;
+    other people's tests go on using the shared one), else None."""
+    if not private:
+        yield None
+        return
+    with private_postgres() as server:
+        yield server
+
+
 def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Tally, float]:
     rng = random.Random(arguments.seed)
     home = Path(tempfile.mkdtemp(prefix="topiary-chaos-"))
     tally = Tally()
-    restart_problem = postgres_restart_unavailable(ADMIN_URL)
+    restart_problem = private_postgres_unavailable()
     restarts = {"api": arguments.api_restarts,
                 "postgres": 0 if restart_problem else arguments.pg_restarts}
     if restart_problem and arguments.pg_restarts:
@@ -302,9 +317,11 @@ def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Ta
     stop = stop_on_signals()
     policy = StallPolicy(floor_seconds=arguments.stall_floor,
                          trial_multiple=arguments.stall_multiple)
-    with Cluster.create(ADMIN_URL, home / "home", lease_seconds=arguments.lease,
-                        stall_floor_seconds=policy.floor_seconds,
-                        stall_trial_multiple=policy.trial_multiple) as cluster:
+    with database_server(restarts["postgres"] > 0) as server, \
+            Cluster.create(server.admin_url if server else ADMIN_URL, home / "home",
+                           server=server, lease_seconds=arguments.lease,
+                           stall_floor_seconds=policy.floor_seconds,
+                           stall_trial_multiple=policy.trial_multiple) as cluster:
         api = cluster.start_api()
         for _ in range(arguments.workers):
             cluster.start_worker()
@@ -383,8 +400,8 @@ def report(arguments: argparse.Namespace, outcomes: list[JobOutcome], plans: lis
     print(f"| jobs completed (succeeded) | {succeeded} | |")
     print(f"| jobs failed with a reason | {with_reason} | |")
     print(f"| jobs failed without a reason | {len(failed) - with_reason} | 0 |")
-    print(f"| jobs stuck | {stuck} | 0 |")
-    print(f"| of them, stuck by the stall detector's rule | {detector_stuck} | 0 |")
+    print(f"| jobs stuck (the stall detector's rule) | {detector_stuck} | 0 |")
+    print(f"| jobs unfinished when the run ended | {stuck - detector_stuck} | 0 |")
     print(f"| stalls reported by the workers (stall events) | {tally.stalls_reported} | |")
     print(f"| jobs failed by the stall detector | {stall_failures} | |")
     print(f"| trials lost | {lost} | 0 |")

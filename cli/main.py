@@ -1,8 +1,8 @@
 """The ``topiary`` command.
 
 Operator commands live here (``serve``, ``worker``, ``migrate``, ``keys create|revoke``,
-``demo``); the user commands that talk to a server (``submit``, ``status``, ``trials``,
-``download``, ``cancel``) live in ``cli.jobs``. This module stays importable
+``demo``, ``latency-agent``); the user commands that talk to a server (``submit``,
+``status``, ``trials``, ``download``, ``cancel``) live in ``cli.jobs``. This module stays importable
 without torch: ``worker`` execs the worker program and ``demo`` imports what needs it
 inside the command.
 
@@ -106,6 +106,16 @@ def migrate() -> None:
     configure_logging(settings.log_level)
     migrate_database(settings.database_url)
     console.print("database migrated", highlight=False)
+
+
+@app.command("latency-agent", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def latency_agent(context: typer.Context) -> None:
+    """Time ONNX models for the workers on this device (ONNX Runtime or OpenVINO, no torch);
+    the secret comes from TOPIARY_LATENCY_AGENT_SECRET. Options: --help."""
+    from cli.latency_agent import main as agent_main
+
+    raise typer.Exit(code=agent_main(context.args))
 
 
 for command in cli_jobs.COMMANDS:

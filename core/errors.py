@@ -16,6 +16,8 @@ class TopiaryError(Exception):
     """
 
     code = "topiary_error"
+    #: The same work may succeed when run again (a trial that raised it is re-queued).
+    transient = False
 
 
 class InvalidSpecError(TopiaryError):
@@ -68,3 +70,17 @@ class ExportError(TopiaryError):
     """A model that could not be exported (ONNX, TorchScript)."""
 
     code = "export_failed"
+
+
+class LatencyAgentError(TopiaryError):
+    """A remote latency agent that is not configured, or refused a request (its secret,
+    a model it cannot run); the message names the agent."""
+
+    code = "latency_agent_error"
+
+
+class LatencyAgentUnavailableError(LatencyAgentError):
+    """A latency agent that did not answer, or stayed busy, for the whole wait."""
+
+    code = "latency_agent_unavailable"
+    transient = True

@@ -20,6 +20,7 @@ from core.catalog import (
     plugin_architectures,
 )
 from core.errors import InvalidSpecError
+from core.latency_agent import AGENT_NAME_PATTERN, AGENT_RUNTIMES
 
 MAX_TRIALS = 1000
 
@@ -179,11 +180,34 @@ class ObjectiveSpec(_Strict):
         return self
 
 
+LatencyRuntime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]
+
+
 class LatencySpec(_Strict):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     batch_size: int = Field(default=1, ge=1, le=1024)
     warmup: int = Field(default=5, ge=0, le=1000)
     runs: int = Field(default=30, ge=3, le=10_000)
+    runtime: LatencyRuntime = Field(
+        default="torch",
+        description="what trials and the final model are timed in, side by side with the "
+                    "unpruned network exported the same way: torch (PyTorch eager), "
+                    "onnxruntime (CPU; its CUDA provider on GPU workers), openvino (CPU), "
+                    "tensorrt (CUDA workers that have it). Only a worker that has the "
+                    "runtime takes the job; nothing falls back to another runtime")
+    precision: Literal["fp16", "int8"] | None = Field(
+        default=None, description="tensorrt only: fp16 (the default) or int8; the other "
+                                  "runtimes time float32")
+    threads: int | None = Field(
+        default=None, ge=1, le=256,
+        description="intra-op threads of every timing; null: the worker's thread count")
+    target: str | None = Field(
+        default=None, pattern=f"^{AGENT_NAME_PATTERN}$",
+        description="a latency agent's name: trials are exported to ONNX and timed by "
+                    "`topiary latency-agent` on the device it runs on (in latency.runtime, "
+                    "onnxruntime or openvino). Workers map the name to an address and a "
+                    "secret in TOPIARY_LATENCY_AGENTS and TOPIARY_LATENCY_AGENT_SECRET; no "
+                    "secret is ever part of a job. null: timed on the worker")
 
     @field_validator("device")
     @classmethod
@@ -192,8 +216,62 @@ class LatencySpec(_Strict):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return value
 
+    @model_validator(mode="after")
+    def _runtime_fits_device(self) -> LatencySpec:
+        if self.precision is not None and self.runtime != "tensorrt":
+            raise ValueError("precision fp16 or int8 is for runtime tensorrt; "
+                             f"{self.runtime} times float32")
+        if self.runtime == "openvino" and self.device.startswith("cuda"):
+            raise ValueError("runtime openvino times on the CPU; use device cpu or auto")
+        if self.runtime == "tensorrt" and self.device == "cpu":
+            raise ValueError("runtime tensorrt times on a CUDA GPU; use device cuda or auto")
+        return self
+
+    @model_validator(mode="after")
+    def _agent_runtime(self) -> LatencySpec:
+        if self.target is not None and self.runtime not in AGENT_RUNTIMES:
+            raise ValueError(f"a latency agent (target {self.target!r}) times in "
+                             f"{' or '.join(AGENT_RUNTIMES)}; set latency.runtime to one of "
+                             f"them, not {self.runtime}")
+        return self
+
+    def timed_precision(self) -> str:
+        """What networks are timed in: ``fp32``, or for TensorRT ``fp16`` (default) or ``int8``."""
+        if self.runtime != "tensorrt":
+            return "fp32"
+        return self.precision or "fp16"
+
+    def required_device_type(self) -> str | None:
+        """The device type a worker must have: the spec's, or the one its runtime times on
+        (TensorRT: cuda, OpenVINO: cpu); None when any will do (``auto``)."""
+        if self.runtime == "tensorrt":
+            return "cuda"
+        if self.runtime == "openvino":
+            return "cpu"
+        return None if self.device == "auto" else self.device.split(":")[0]
+
+    def device_type(self, worker_device_type: str) -> str:
+        """Where timings run: ``required_device_type``, else the worker's."""
+        return self.required_device_type() or worker_device_type
+
 
 WarmStartMethod = Literal["attention", "pls", "magnitude"]
+
+#: Channel multiple of pruned widths on the CPU when the spec gives none: chosen from
+#: ``bench/latency.py --mode round-to`` (ONNX Runtime and OpenVINO at batch 1).
+CPU_ROUND_TO = 8
+#: On CUDA and with TensorRT: tensor cores take channels in multiples of 8 (int8: 32).
+CUDA_ROUND_TO = 8
+INT8_ROUND_TO = 32
+
+
+def default_round_to(latency: LatencySpec, device_type: str) -> int:
+    """The channel multiple of pruned widths for a runtime and the device type it times on."""
+    if latency.timed_precision() == "int8":
+        return INT8_ROUND_TO
+    if latency.device_type(device_type) == "cuda":
+        return CUDA_ROUND_TO
+    return CPU_ROUND_TO
 
 
 def _default_warm_start() -> list[WarmStartMethod]:
@@ -208,7 +286,11 @@ class SearchSpec(_Strict):
     allow_block_removal: bool = True
     min_keep_ratio: float = Field(default=0.1, gt=0, le=1,
                                   description="no group keeps fewer channels than this share")
-    round_to: int = Field(default=4, ge=1, le=256)
+    round_to: int | None = Field(
+        default=None, ge=1, le=256,
+        description="every pruned width is a multiple of this (or the full width); null: "
+                    "by runtime and device, 8 on CUDA and TensorRT (int8: 32), the "
+                    "measured best on the CPU")
     warm_start: list[WarmStartMethod] = Field(default_factory=_default_warm_start)
     channel_importance: WarmStartMethod = Field(
         default="magnitude",
@@ -313,6 +395,11 @@ class JobSpec(_Strict):
 
     def image_size(self) -> int:
         return self.dataset.image_size or DATASETS[self.dataset.name].default_image_size
+
+    def channel_multiple(self, device_type: str = "cpu") -> int:
+        """``search.round_to``, else its default for the runtime on ``device_type`` (the
+        worker's, which ``latency.device`` auto leaves open until a worker claims the job)."""
+        return self.search.round_to or default_round_to(self.latency, device_type)
 
 
 def resolve_data_root(root: str, data_root: str | Path) -> Path:

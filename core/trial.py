@@ -59,6 +59,8 @@ class TrialRecord(BaseModel):
         latency_reused: the latency came from an identical architecture timed earlier.
         latency_seeded: the latency came from warm-start seeding's timing of this plan.
         latency_retimed: the plan broke only a latency limit and was timed once more.
+        latency_runtime: what the latency was timed in (``latency.runtime``: torch,
+            onnxruntime, openvino).
         memory_mb: weights plus peak activations, MiB.
         model_mb: parameters and buffers, MiB.
         peak_activation_mb: peak activation memory, MiB.
@@ -88,6 +90,7 @@ class TrialRecord(BaseModel):
     latency_reused: bool | None = None
     latency_seeded: bool | None = None
     latency_retimed: bool | None = None
+    latency_runtime: str | None = None
     memory_mb: float | None = None
     model_mb: float | None = None
     peak_activation_mb: float | None = None

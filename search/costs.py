@@ -2,7 +2,8 @@
 
 FLOPs and parameters are counted and memory is measured on the really pruned
 network (``models.measure``). Latency is timed side by side with the unpruned
-network (``models.measure.latency_against``: their passes alternate) and
+network (their passes alternate), in the job's runtime (``models.runtimes``: eager
+PyTorch, or both exported to ONNX and run in ONNX Runtime or OpenVINO), and
 expressed in the conditions the baseline's latency was recorded in: the
 baseline was timed once, while preparing, and a machine busier or quieter now
 than then would otherwise shift every comparison with it (an unpruned plan
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -33,13 +34,14 @@ import torch
 from torch import nn
 
 from core.trial import TrialRecord
+from models.latency import LatencyResult
 from models.measure import (
     count_flops_params,
-    latency_against,
     measure_latency,
     measure_model,
     memory_mb,
 )
+from models.runtimes import SideBySide, compare_in_runtime
 from search.constraints import Limit
 
 __all__ = ["RETIME_WITHIN", "SEEDED_LATENCY_ATTR", "Aim", "CostModel", "KnownLatency",
@@ -64,7 +66,12 @@ def architecture_fingerprint(model: nn.Module) -> str:
 @dataclass(frozen=True)
 class LatencyTimer:
     """Where and how networks are measured: side by side with ``reference`` when its
-    recorded latency is known, else alone.
+    recorded latency is known, else alone (eager PyTorch; in another runtime, the
+    reference is timed alongside all the same and only the network's time is kept).
+
+    In an exported runtime (``models.runtimes``) the reference is exported and loaded
+    once, on the first timing, and every network is exported the same way; with a
+    ``target`` (a latency agent) both are sent there.
 
     Attributes:
         reference: the unpruned network (never modified).
@@ -73,6 +80,9 @@ class LatencyTimer:
         baseline_latency_ms: ``reference``'s recorded latency; None: time networks alone.
         batch_size: the batch latency and memory are measured at.
         warmup, runs: passes before and during a timing.
+        runtime: ``latency.runtime``: torch, onnxruntime or openvino.
+        threads: intra-op threads of every timing (None: the process's).
+        target: ``latency.target``, a latency agent that times instead of this worker.
     """
 
     reference: nn.Module
@@ -82,16 +92,47 @@ class LatencyTimer:
     batch_size: int = 1
     warmup: int = 5
     runs: int = 30
+    runtime: str = "torch"
+    threads: int | None = None
+    target: str | None = None
+    _side_by_side: list[SideBySide] = field(default_factory=list, compare=False, repr=False)
 
-    def time(self, network: nn.Module) -> dict[str, float]:
-        """``latency_ms`` and ``latency_p90_ms`` (side by side: also ``latency_ratio`` and
-        ``latency_raw_ms``, see ``models.measure.latency_against``)."""
-        timing = {"batch_size": self.batch_size, "warmup": self.warmup, "runs": self.runs}
+    def time(self, network: nn.Module) -> dict[str, Any]:
+        """``latency_ms``, ``latency_p90_ms`` and ``latency_runtime`` (side by side: also
+        ``latency_ratio`` and ``latency_raw_ms``: the measured ratio scales the recorded
+        reference, so load on the machine now does not shift it)."""
+        if self.baseline_latency_ms is None and self.runtime == "torch" and self.target is None:
+            alone = measure_latency(network, self.input_shape, self.device,
+                                    batch_size=self.batch_size, warmup=self.warmup,
+                                    runs=self.runs, threads=self.threads)
+            return {"latency_ms": alone.median_ms, "latency_p90_ms": alone.p90_ms,
+                    "latency_runtime": self.runtime}
+        reference_now, timed = self.compare(network)
         if self.baseline_latency_ms is None:
-            alone = measure_latency(network, self.input_shape, self.device, **timing)
-            return {"latency_ms": alone.median_ms, "latency_p90_ms": alone.p90_ms}
-        return latency_against(self.reference, network, self.input_shape, self.device,
-                               self.baseline_latency_ms, **timing)
+            return {"latency_ms": timed.median_ms, "latency_p90_ms": timed.p90_ms,
+                    "latency_runtime": self.runtime}
+        scale = self.baseline_latency_ms / reference_now.median_ms
+        return {"latency_ms": timed.median_ms * scale, "latency_p90_ms": timed.p90_ms * scale,
+                "latency_ratio": timed.median_ms / reference_now.median_ms,
+                "latency_raw_ms": timed.median_ms, "latency_runtime": self.runtime}
+
+    def compare(self, network: nn.Module, runs: int | None = None
+                ) -> tuple[LatencyResult, LatencyResult]:
+        """``(reference's, network's)`` latency, timed side by side in the runtime."""
+        runs = runs or self.runs
+        if self.target is not None:
+            return compare_in_runtime(self.reference, network, self.input_shape, self.runtime,
+                                      self.device, batch_size=self.batch_size,
+                                      warmup=self.warmup, runs=runs, threads=self.threads,
+                                      target=self.target)
+        return self.side_by_side().compare(network, self.warmup, runs)
+
+    def side_by_side(self) -> SideBySide:
+        """The reference, exported and loaded in the runtime on first use, then kept."""
+        if not self._side_by_side:
+            self._side_by_side.append(SideBySide(self.reference, self.input_shape, self.runtime,
+                                                 self.device, self.batch_size, self.threads))
+        return self._side_by_side[0]
 
 
 @dataclass(frozen=True)
@@ -271,6 +312,7 @@ class CostModel:
                 if again["latency_ms"] < record["latency_ms"]:
                     record.update(again)
             self.cache.put(record["arch_fingerprint"], record)
+        record["latency_runtime"] = self.timer.runtime
         record["latency_reused"] = known is not None
         record["latency_seeded"] = known is not None and known.seeded
         record["latency_retimed"] = retimed

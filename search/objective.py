@@ -90,14 +90,30 @@ def channel_chooser(method: str, load_scores: Callable[[str], ImportanceScores]
 
 def measure_baseline(model: nn.Module, splits: DataSplits, spec: JobSpec,
                      device: str = "cpu") -> dict[str, Any]:
-    """Accuracy and costs of the unpruned network, the reference for every ratio."""
+    """Accuracy and costs of the unpruned network, the reference for every ratio; its
+    latency timed as trials time theirs (``latency``: runtime, threads, target)."""
+    timing = spec.latency
+    exported = timing.runtime != "torch" or timing.target is not None
     cost = measure_model(model, splits.input_shape, device=device,
-                         batch_size=spec.latency.batch_size, warmup=spec.latency.warmup,
-                         runs=spec.latency.runs).to_dict()
+                         batch_size=timing.batch_size, warmup=0 if exported else timing.warmup,
+                         runs=1 if exported else timing.runs, threads=timing.threads).to_dict()
+    if exported:
+        cost.update(latency_timer(spec, model, splits.input_shape, device, None).time(model))
+    cost["latency_runtime"] = timing.runtime
     # Scored on the validation images the trials are scored on (fine_tune.trial_eval_images).
     scored = splits.limit("val", spec.fine_tune.trial_eval_images)
     return {**cost, "flops": cost["macs"],
             "accuracy": evaluate(model, scored, split="val", device=device)}
+
+
+def latency_timer(spec: JobSpec, model: nn.Module, input_shape: tuple[int, ...], device: str,
+                  baseline_latency_ms: float | None) -> LatencyTimer:
+    """How the job times networks: side by side with ``model`` (when its latency is
+    known) in the spec's runtime, batch size, threads, passes and target."""
+    timing = spec.latency
+    return LatencyTimer(model, input_shape, device, baseline_latency_ms, timing.batch_size,
+                        timing.warmup, timing.runs, timing.runtime, timing.threads,
+                        timing.target)
 
 
 def latency_counts(spec: JobSpec) -> bool:
@@ -105,6 +121,14 @@ def latency_counts(spec: JobSpec) -> bool:
     objective = spec.objective
     return (objective.mode != "constrained" or objective.constraints.max_latency_ms is not None
             or objective.constraints.max_latency_ratio is not None)
+
+
+def timed_in_runtime(spec: JobSpec) -> bool:
+    """Whether every trial's network is timed side by side in the job's runtime: when
+    latency counts, and always in an exported runtime or on an agent (a latency a user
+    reads is never eager PyTorch's when the spec names another runtime)."""
+    return (latency_counts(spec) or spec.latency.runtime != "torch"
+            or spec.latency.target is not None)
 
 
 def _values(spec: JobSpec, record: dict[str, Any], baseline: dict[str, Any]) -> float | list[float]:
@@ -130,10 +154,8 @@ class Objective:
     def __init__(self, context: SearchContext) -> None:
         self.context = context
         self.limits = active_limits(context.spec.objective.constraints, context.baseline)
-        timing = context.spec.latency
-        timer = LatencyTimer(context.model, context.splits.input_shape, context.device,
-                             float(context.baseline["latency_ms"]), timing.batch_size,
-                             timing.warmup, timing.runs)
+        timer = latency_timer(context.spec, context.model, context.splits.input_shape,
+                              context.device, float(context.baseline["latency_ms"]))
         # Any plan that misses only latency limits is timed again, however far it misses.
         self.costs = CostModel(timer, Aim(tuple(self.limits)), context.latency_cache)
         # Trials fine-tune on the whole training split and are scored on at most
@@ -151,7 +173,7 @@ class Objective:
         TrialRecord(worker=context.worker).store(trial)
         record: dict[str, Any] = {
             "plan": plan.to_dict(),
-            **self.costs.trial_costs(model, trial.study, side_by_side=latency_counts(spec))}
+            **self.costs.trial_costs(model, trial.study, side_by_side=timed_in_runtime(spec))}
         record["violations"] = violations(self.limits, record)
         record["fine_tune_seconds"] = 0.0
         # A plan that already breaks a counted limit is neither evaluated nor fine-tuned

@@ -86,7 +86,8 @@ class SeedTarget:
         batch_size: the batch latency and memory are measured at.
         baseline_latency_ms: the unpruned network's recorded latency; plans are then
             timed side by side with it, as trials are (``search.costs``).
-        warmup, runs: the job's latency timing settings (``LatencySpec``).
+        warmup, runs, runtime, threads, target: the job's latency timing settings
+            (``LatencySpec``): plans are timed as its trials are.
     """
 
     ratio: float
@@ -95,11 +96,15 @@ class SeedTarget:
     baseline_latency_ms: float | None = None
     warmup: int = 5
     runs: int = 30
+    runtime: str = "torch"
+    threads: int | None = None
+    target: str | None = None
 
     def timer(self, model: nn.Module, example_input: Tensor) -> LatencyTimer:
         """How plans of ``model`` are measured, on ``example_input``'s device."""
         return LatencyTimer(model, tuple(example_input.shape[1:]), example_input.device,
-                            self.baseline_latency_ms, self.batch_size, self.warmup, self.runs)
+                            self.baseline_latency_ms, self.batch_size, self.warmup, self.runs,
+                            self.runtime, self.threads, self.target)
 
 
 def target_ratio(constraints: Constraints, baseline: Mapping[str, Any],
@@ -121,7 +126,8 @@ def target_ratio(constraints: Constraints, baseline: Mapping[str, Any],
     return SeedTarget(min(min(ratios), 1.0), tuple(active_limits(constraints, dict(baseline))),
                       int(baseline.get("batch_size", 1)),
                       float(latency) if latency is not None else None,
-                      timing.warmup, timing.runs)
+                      timing.warmup, timing.runs, timing.runtime, timing.threads,
+                      timing.target)
 
 
 def flops_targets(target: float | None) -> tuple[float, ...]:

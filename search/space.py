@@ -1,7 +1,8 @@
 """The search space: how an Optuna trial becomes a PrunePlan, and back.
 
-Per-layer space: one integer per prunable group (channels kept, in steps of
-``round_to``). Per-stage space: one keep ratio per stage, shared by its
+Per-layer space: one integer per prunable group (channels kept: a multiple of
+``round_to``, or the full width, so every pruned width runtimes and GPUs see is
+aligned). Per-stage space: one keep ratio per stage, shared by its
 groups (for large networks). Either way, one boolean per removable block
 when block removal is allowed. ``plan_to_params`` inverts the mapping so
 warm-start plans can be enqueued as the first trials.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from core.spec import SearchSpec
+from core.spec import CPU_ROUND_TO, SearchSpec
 from models.groups import min_keep_for
 
 KEEP_PREFIX = "keep:"
@@ -42,7 +43,8 @@ class TrialLike(Protocol):
 
 @dataclass(frozen=True)
 class GroupRange:
-    """The values one group's keep count can take: ``low, low+step, ..., channels``."""
+    """The values one group's keep count can take: ``low, low+step, ...`` below the full
+    width, then ``channels`` (``low`` is a multiple of ``step``, or the full width)."""
 
     name: str
     channels: int
@@ -52,10 +54,10 @@ class GroupRange:
 
     def units(self) -> int:
         """How many steps separate the smallest and the full width."""
-        return (self.channels - self.low) // self.step
+        return math.ceil((self.channels - self.low) / self.step)
 
     def keep_for_units(self, units: int) -> int:
-        return self.channels - (self.units() - units) * self.step
+        return min(self.channels, self.low + units * self.step)
 
     def units_for_keep(self, keep: int) -> int:
         return max(0, min(self.units(), round((keep - self.low) / self.step)))
@@ -76,29 +78,32 @@ class SearchSpace:
 
     @classmethod
     def from_spec(cls, groups: Sequence[GroupLike], blocks: Sequence[BlockLike],
-                  search: SearchSpec) -> SearchSpace:
-        """Bounds from the spec: no group below ``min_keep_ratio``, widths kept on
-        ``round_to`` steps counted down from the full width."""
+                  search: SearchSpec, round_to: int | None = None) -> SearchSpace:
+        """Bounds from the spec: no group below ``min_keep_ratio``, every width a multiple
+        of the channel multiple or the full width.
+
+        Args:
+            groups, blocks: the network's prunable groups and removable blocks.
+            search: the spec's search section.
+            round_to: the channel multiple (``JobSpec.channel_multiple`` of the worker's
+                device); default ``search.round_to``, else the CPU default.
+        """
+        multiple = round_to or search.round_to or CPU_ROUND_TO
         ranges = []
         for group in groups:
-            step = min(search.round_to, group.channels)
-            floor = min_keep_for(group.channels, step, search.min_keep_ratio)
-            # Steps are counted from the full width down, so the unpruned width is reachable.
-            low = group.channels - ((group.channels - floor) // step) * step
-            ranges.append(GroupRange(group.name, group.channels, group.stage, low, step))
+            floor = min_keep_for(group.channels, multiple, search.min_keep_ratio)
+            ranges.append(GroupRange(group.name, group.channels, group.stage, floor, multiple))
         return cls(
             groups=ranges,
             blocks=[block.name for block in blocks] if search.allow_block_removal else [],
             per_stage=search.space == "per_stage",
             min_keep_ratio=search.min_keep_ratio,
-            round_to=search.round_to,
+            round_to=multiple,
         )
 
     def plan_round_to(self) -> int:
-        """The ``round_to`` plans from this space honour (1 when some width is not a multiple)."""
-        if all(group.channels % self.round_to == 0 for group in self.groups):
-            return self.round_to
-        return 1
+        """The ``round_to`` every plan from this space honours."""
+        return self.round_to
 
     def stages(self) -> list[str]:
         return list(dict.fromkeys(group.stage for group in self.groups))

@@ -3,7 +3,9 @@
 Optuna's tables live apart from ours (DESIGN.md "Databases"). Several
 processes may call ``optimize`` on one study; a process that dies leaves a
 RUNNING trial whose heartbeat stops, Optuna fails it after the grace period
-and ``RetryHeartbeatStaleTrialCallback`` re-queues the same parameters.
+and ``RetryHeartbeatStaleTrialCallback`` re-queues the same parameters. One
+that dies before its trial's first heartbeat leaves a trial Optuna never fails;
+``search.stale`` fails it and hands it to the same callback.
 """
 
 from __future__ import annotations

@@ -24,6 +24,8 @@ from search.space import SearchSpace
 
 STARTED_AT_ATTR = "search_started_at"
 WARM_START_ATTR = "warm_start"
+#: User attribute of a re-queued trial: the number of the trial it runs again.
+RETRY_OF_ATTR = "retry_of"
 
 
 class SearchError(TopiaryError):
@@ -77,6 +79,27 @@ def enqueue_plans(study: optuna.Study, space: SearchSpace,
     return len(seen)
 
 
+def requeue_on_transient_error(study: optuna.Study,
+                               objective: Callable[[optuna.Trial], float | Sequence[float]]
+                               ) -> Callable[[optuna.Trial], float | Sequence[float]]:
+    """``objective``, but a trial that raises a transient error (``TopiaryError.transient``,
+    e.g. a latency agent that stayed away) is queued again with the same parameters and
+    warm-start label before it fails, so no plan is lost to an outage."""
+
+    def run_or_requeue(trial: optuna.Trial) -> float | Sequence[float]:
+        try:
+            return objective(trial)
+        except TopiaryError as error:
+            if error.transient:
+                attrs = {key: value for key, value in trial.user_attrs.items()
+                         if key == WARM_START_ATTR}
+                study.enqueue_trial(trial.params,
+                                    user_attrs={**attrs, RETRY_OF_ATTR: trial.number})
+            raise
+
+    return run_or_requeue
+
+
 def seconds_left(study: optuna.Study, spec: JobSpec) -> float | None:
     if spec.search.timeout_minutes is None:
         return None
@@ -100,10 +123,14 @@ def run_trials(study: optuna.Study,
     Returns:
         why it stopped: ``budget`` (n_trials finished), ``timeout`` or ``stopped``.
 
+    A trial that raises a transient error is queued again
+    (``requeue_on_transient_error``) and still counts as a failure in a row.
+
     Raises:
         SearchError: ``max_consecutive_failures`` trials in a row raised.
     """
     failures = 0
+    objective = requeue_on_transient_error(study, objective)
     callbacks = [on_trial] if on_trial is not None else []
     while True:
         if budget_reached(study, spec.search.n_trials):

@@ -65,6 +65,32 @@ class Settings(BaseSettings):
                                            "above 1)")
     max_upload_mb: float = Field(default=512.0, gt=0)
     max_concurrent_jobs_per_tenant: int = Field(default=8, ge=1)
+    max_jobs_per_day: int = Field(default=200, ge=1,
+                                  description="jobs a tenant may submit in 24 hours")
+    upload_quota_mb: float = Field(default=4096.0, gt=0,
+                                   description="weights a tenant may keep stored, in MiB")
+    rate_limit: str = Field(
+        default="20/second;600/minute",
+        description="requests per API key, in the `limits` notation; several limits "
+                    "separated by ';' all apply")
+    rate_limit_storage: str = Field(
+        default="", description="where the rate-limit counters live, a `limits` storage URI "
+                                "all API processes reach (redis://host:6379/0); empty: in "
+                                "each process's memory")
+    max_streams_per_key: int = Field(default=4, ge=1,
+                                     description="open event streams per API key and process")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request's headers must arrive within this time")
+    body_idle_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="longest pause while a request body is sent")
+    keep_alive_seconds: int = Field(default=5, ge=1,
+                                    description="an idle keep-alive connection is closed after")
+    docs: Literal["off", "loopback", "public"] = Field(
+        default="loopback", description="/docs and /openapi.json: off, only to clients on this "
+                                        "machine, or to anyone (/openapi.json also answers "
+                                        "any valid key)")
+    metrics: Literal["off", "key", "public"] = Field(
+        default="key", description="/metrics: off, for any valid API key, or to anyone")
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     stall_floor_seconds: float = Field(
@@ -79,6 +105,18 @@ class Settings(BaseSettings):
     @classmethod
     def _normalise_url(cls, value: str) -> str:
         return normalise_database_url(value.strip())
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as error:
+            raise ValueError(f"TOPIARY_RATE_LIMIT {value!r} is not a rate such as "
+                             "'20/second;600/minute'") from error
+        return value
 
     @model_validator(mode="after")
     def _fill_locations(self) -> Settings:
@@ -96,11 +134,16 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
+    @property
+    def upload_quota_bytes(self) -> int:
+        return int(self.upload_quota_mb * 1024 * 1024)
+
     def ensure_directories(self) -> None:
-        """Create home, data, artifact and upload folders when missing."""
+        """Create home, data, artifact and upload folders when missing, readable by their
+        owner only (0700); folders that exist keep their mode."""
         for folder in (self.home, self.data_root, self.artifact_dir, self.upload_dir):
             assert folder is not None
-            folder.mkdir(parents=True, exist_ok=True)
+            private_folder(folder)
 
     def check_auth_binding(self) -> None:
         """Refuse ``auth=none`` unless the server only listens on loopback.
@@ -125,6 +168,15 @@ class Settings(BaseSettings):
                 f"{self.api_processes} API processes on SQLite would queue each other's writes "
                 "behind SQLite's busy timeout (up to 100 ms sleeps per try); serve one process "
                 "(TOPIARY_API_PROCESSES=1) or move TOPIARY_DATABASE_URL to PostgreSQL")
+
+
+def private_folder(folder: Path) -> Path:
+    """``folder`` and its missing parents, created 0700 (whatever the umask)."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for created in missing:
+        created.chmod(0o700)
+    return folder
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ leave :func:`session_scope` as :class:`service.errors.DatabaseError`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from service.config import private_folder
 from service.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,15 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create a new SQLite file (and its folder) readable by its owner only: SQLite gives
+    its WAL and shared-memory files the database file's mode."""
+    if path.exists():
+        return
+    private_folder(path.parent)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def create_engine_for(url: str, **options: Any) -> Engine:
     """An engine for our database (or Optuna's), configured for its backend.
 
@@ -115,7 +126,7 @@ def create_engine_for(url: str, **options: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_sqlite_file(Path(parsed.database).expanduser())
         options.setdefault("connect_args", {"check_same_thread": False,
                                             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         engine = create_engine(parsed, **options)
@@ -191,6 +202,29 @@ def _after_transaction(session: Session) -> None:
     _WriterQueue.leave(session)
 
 
+def request_session(engine: Engine) -> Session:
+    """A session for a caller that commits and closes it itself (with :func:`close_session`);
+    it takes this process's SQLite writer turn like :func:`session_scope`'s."""
+    session = Session(engine, expire_on_commit=False)
+    _WriterQueue.attach(session, engine)
+    return session
+
+
+def close_session(session: Session) -> None:
+    """Close a :func:`request_session`: what it did not commit is rolled back, and its
+    SQLite writer turn is given back."""
+    try:
+        session.close()
+    finally:
+        _WriterQueue.leave(session)
+
+
+def database_error(error: SQLAlchemyError) -> DatabaseError:
+    """The ``DatabaseError`` a driver error leaves our code as."""
+    return DatabaseError(f"the database could not complete the request ({_describe(error)}); "
+                         "retry, and check TOPIARY_DATABASE_URL if it persists")
+
+
 def write_connection(session: Session) -> Connection:
     """The session's connection for Core writes, after taking this process's SQLite writer turn.
 
@@ -221,8 +255,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.commit()
     except SQLAlchemyError as error:
         session.rollback()
-        raise DatabaseError(f"the database could not complete the request ({_describe(error)}); "
-                            "retry, and check TOPIARY_DATABASE_URL if it persists") from error
+        raise database_error(error) from error
     except BaseException:
         session.rollback()
         raise

@@ -53,10 +53,51 @@ class AuthenticationError(TopiaryError):
     code = "unauthenticated"
 
 
-class TooManyJobsError(TopiaryError):
+class LimitExceededError(TopiaryError):
+    """A request over one of the server's limits that will pass later (HTTP 429).
+
+    Attributes:
+        retry_after: seconds after which the same request may pass.
+        headers: extra response headers (the rate limit's ``RateLimit-*``).
+    """
+
+    code = "limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+        self.headers = headers or {}
+
+
+class TooManyJobsError(LimitExceededError):
     """The tenant already runs as many jobs as it is allowed to."""
 
     code = "too_many_jobs"
+
+
+class JobQuotaError(LimitExceededError):
+    """The tenant submitted its jobs of the day."""
+
+    code = "job_quota_exceeded"
+
+
+class RateLimitedError(LimitExceededError):
+    """The API key sent more requests than its rate allows."""
+
+    code = "rate_limited"
+
+
+class TooManyStreamsError(LimitExceededError):
+    """The API key already holds as many open event streams as it may."""
+
+    code = "too_many_streams"
+
+
+class UploadQuotaError(TopiaryError):
+    """The tenant's stored weights would exceed its quota (delete some first)."""
+
+    code = "upload_quota_exceeded"
 
 
 class SpecValidationError(InvalidSpecError):

@@ -39,6 +39,10 @@ class Tenant(Base):
     # Written when a job is submitted: the row lock serialises one tenant's submissions,
     # which keeps the concurrent-job cap exact.
     last_submission_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The daily job quota: jobs submitted since the current 24-hour window began (counted
+    # here, not from the jobs table, so that deleting jobs gives no quota back).
+    quota_day_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    quota_day_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):

@@ -106,5 +106,10 @@ _ACTIVE_KEY = (select(_TENANTS.id, _TENANTS.name)
 
 def authenticate(session: Session, key: str) -> TenantIdentity | None:
     """The tenant of an active key, or None (unknown or revoked: checked on every call)."""
-    row = session.connection().execute(_ACTIVE_KEY, {"key_hash": hash_key(key)}).one_or_none()
+    return tenant_for_key_hash(session, hash_key(key))
+
+
+def tenant_for_key_hash(session: Session, key_hash: str) -> TenantIdentity | None:
+    """``authenticate`` for a key already hashed with ``hash_key``."""
+    row = session.connection().execute(_ACTIVE_KEY, {"key_hash": key_hash}).one_or_none()
     return None if row is None else TenantIdentity(row.id, row.name)

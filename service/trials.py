@@ -89,6 +89,27 @@ class StudyReader:
                                 "TOPIARY_OPTUNA_URL if it persists") from error
         return [TrialPublic.from_trial(trial) for trial in trials]
 
+    def delete_study(self, study_name: str | None) -> None:
+        """Remove a study and its trials (nothing when it does not exist).
+
+        Raises:
+            DatabaseError: Optuna's database cannot be written.
+        """
+        if not study_name:
+            return
+        from optuna.exceptions import StorageInternalError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            storage = self._get_storage()
+            storage.delete_study(storage.get_study_id_from_name(study_name))
+        except KeyError:
+            return
+        except (SQLAlchemyError, StorageInternalError) as error:
+            raise DatabaseError(f"the Optuna database could not be written "
+                                f"({type(error).__name__}); retry, and check "
+                                "TOPIARY_OPTUNA_URL if it persists") from error
+
     def close(self) -> None:
         with self._lock:
             if self._storage is not None:

@@ -15,7 +15,10 @@ Two formats are accepted:
 from __future__ import annotations
 
 import pickletools
+import struct
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,7 +26,22 @@ from typing import Literal
 from core.errors import UnsafeCheckpointError
 from service.errors import InvalidUploadError
 
-MAX_PICKLE_BYTES = 64 * 1024 * 1024
+# Bounds of what one upload may cost the API process. A state dict's pickle takes about
+# 120 bytes and 35 opcodes per tensor (ResNet-152: 932 tensors, 115 KB, 32k opcodes).
+MAX_PICKLE_BYTES = 4 * 1024 * 1024
+MAX_COMPRESSION_RATIO = 100  # a pickle deflates 3 to 10 times; a bomb a thousand
+MIN_RATIO_CHECKED_BYTES = 1024 * 1024  # below it, any ratio (small pickles deflate well)
+MAX_SCAN_SECONDS = 2.0
+MAX_STACK = 200_000
+MAX_MEMO = 500_000
+MAX_ZIP_ENTRIES = 200_000
+_CHUNK = 64 * 1024
+_ENCRYPTED = 0x1
+_ACCEPTED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
+_END_RECORD_MAGIC = b"PK\x05\x06"
+_END_RECORD_SEARCH = 22 + 65535  # the record and the longest comment after it
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
+_MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTOCOL = b"\x80"
 
@@ -90,11 +108,30 @@ def _pop_to_mark(stack: list[object]) -> None:
     raise InvalidUploadError("the checkpoint's pickle is malformed (no MARK)")
 
 
-def scan_pickle(data: bytes) -> int:
+def _effect(opcode: pickletools.OpcodeInfo) -> tuple[bool, int, tuple[object, ...]]:
+    """(pops to a MARK, items popped above it or in all, what it pushes)."""
+    before, after = opcode.stack_before, opcode.stack_after
+    to_mark = pickletools.markobject in before
+    count = before.index(pickletools.markobject) if to_mark else len(before)
+    return to_mark, count, tuple(_MARK if item is pickletools.markobject else _VALUE
+                                 for item in after)
+
+
+# Read once: per opcode, what it does to the simulated stack.
+_EFFECTS = {opcode.name: _effect(opcode) for opcode in pickletools.opcodes}
+
+
+def _too_big(what: str) -> InvalidUploadError:
+    return InvalidUploadError(f"the checkpoint's pickle is too {what} for a state dict; "
+                              "upload the weights as safetensors")
+
+
+def scan_pickle(data: bytes, max_seconds: float = MAX_SCAN_SECONDS) -> int:
     """Check a pickle statically; never unpickles it.
 
     Args:
         data: the pickle's bytes.
+        max_seconds: CPU time the scan may take (a state dict's takes milliseconds).
 
     Returns:
         How many tensors it rebuilds.
@@ -102,13 +139,20 @@ def scan_pickle(data: bytes) -> int:
     Raises:
         UnsafeCheckpointError: it names a global outside ``ALLOWED_GLOBALS`` or uses an
             opcode that can reach code otherwise.
-        InvalidUploadError: it is not a well-formed pickle.
+        InvalidUploadError: it is not a well-formed pickle, or is not shaped like a state
+            dict's (too slow to scan, too deep a stack, too many memo entries).
     """
     stack: list[object] = []
     memo: dict[int, object] = {}
     tensors = 0
+    deadline = time.process_time() + max_seconds
     try:
-        for opcode, arg, _position in pickletools.genops(data):
+        for count, (opcode, arg, _position) in enumerate(pickletools.genops(data)):
+            if count % 4096 == 0:
+                if time.process_time() > deadline:
+                    raise _too_big("slow to check")
+                if len(stack) > MAX_STACK or len(memo) > MAX_MEMO:
+                    raise _too_big("deep" if len(stack) > MAX_STACK else "large")
             name = opcode.name
             if name in _REFUSED_OPCODES:
                 raise UnsafeCheckpointError(
@@ -129,11 +173,11 @@ def scan_pickle(data: bytes) -> int:
                 stack.append((named_module, named_attribute))
             elif name in _STRING_OPCODES:
                 stack.append(arg.decode("latin-1") if isinstance(arg, bytes) else arg)
-            elif name in {"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"}:
+            elif name in _MEMO_PUTS:
                 if not stack:
                     raise InvalidUploadError("the checkpoint's pickle is malformed (memo)")
                 memo[len(memo) if name == "MEMOIZE" else int(arg)] = stack[-1]  # type: ignore[arg-type]
-            elif name in {"GET", "BINGET", "LONG_BINGET"}:
+            elif name in _MEMO_GETS:
                 if int(arg) not in memo:  # type: ignore[arg-type]
                     raise InvalidUploadError("the checkpoint's pickle is malformed (memo)")
                 stack.append(memo[int(arg)])  # type: ignore[arg-type]
@@ -143,24 +187,83 @@ def scan_pickle(data: bytes) -> int:
             else:
                 if name == "REDUCE" and len(stack) >= 2 and stack[-2] == _TENSOR_REBUILDER:
                     tensors += 1
-                before, after = opcode.stack_before, opcode.stack_after
-                if pickletools.markobject in before or (name == "POP" and stack
-                                                        and stack[-1] is _MARK):
-                    _pop_to_mark(stack)
-                    count = (before.index(pickletools.markobject)
-                             if pickletools.markobject in before else 0)
+                to_mark, popped, pushed = _EFFECTS[name]
+                if name == "POP" and stack and stack[-1] is _MARK:
+                    _pop_to_mark(stack)  # POP of a MARK takes only the MARK
                 else:
-                    count = len(before)
-                _pop(stack, count)
-                stack.extend(_MARK if item is pickletools.markobject else _VALUE
-                             for item in after)
+                    if to_mark:
+                        _pop_to_mark(stack)
+                    _pop(stack, popped)
+                stack.extend(pushed)
     except (ValueError, IndexError) as error:
         raise InvalidUploadError(f"the checkpoint's pickle is malformed or truncated "
                                  f"({error})") from error
     return tensors
 
 
+def _read_bounded(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bytes:
+    """An entry's bytes, inflated a chunk at a time and counted as they come: never more
+    than ``MAX_PICKLE_BYTES``, nor more than ``MAX_COMPRESSION_RATIO`` times what they
+    take in the file (whatever sizes the zip claims).
+
+    Raises:
+        InvalidUploadError: past either bound.
+    """
+    if entry.flag_bits & _ENCRYPTED:
+        raise InvalidUploadError("the checkpoint's zip is encrypted; save it again with "
+                                 "torch.save, which never encrypts")
+    if entry.compress_type not in _ACCEPTED_COMPRESSION:
+        raise InvalidUploadError(
+            f"the checkpoint's zip compresses data.pkl with method {entry.compress_type}; "
+            "torch.save stores it (method 0), and deflate (8) is accepted too")
+    chunks, size = [], 0
+    allowed = min(MAX_PICKLE_BYTES,
+                  max(MIN_RATIO_CHECKED_BYTES, entry.compress_size * MAX_COMPRESSION_RATIO))
+    with archive.open(entry) as stream:
+        while chunk := stream.read(_CHUNK):
+            size += len(chunk)
+            if size > allowed:
+                if size > MAX_PICKLE_BYTES:
+                    raise InvalidUploadError(
+                        f"the checkpoint's data.pkl is larger than "
+                        f"{MAX_PICKLE_BYTES // 2**20} MiB; a state dict's pickle is far "
+                        "smaller (upload the weights as safetensors)")
+                raise InvalidUploadError(
+                    "the checkpoint's data.pkl inflates more than "
+                    f"{MAX_COMPRESSION_RATIO} times its compressed size, which no state "
+                    "dict does; refused as a decompression bomb")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _central_directory_entries(path: Path) -> int:
+    """How many entries the zip's end record announces (read before ``ZipFile`` lists
+    them all into memory).
+
+    Raises:
+        InvalidUploadError: no end record, or more entries than ``MAX_ZIP_ENTRIES``.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        handle.seek(max(0, size - _END_RECORD_SEARCH))
+        tail = handle.read()
+    at = tail.rfind(_END_RECORD_MAGIC)
+    if at < 0 or len(tail) - at < 22:
+        raise InvalidUploadError("the zip file is damaged or truncated (no end record); "
+                                 "upload it again")
+    entries, directory_size = struct.unpack("<HI", tail[at + 10:at + 16])
+    # 0xFFFF / 0xFFFFFFFF: a zip64 file, whose real counts are elsewhere: bound by size.
+    if entries > MAX_ZIP_ENTRIES or (entries == 0xFFFF and directory_size
+                                     > MAX_ZIP_ENTRIES * 64):
+        raise InvalidUploadError(f"the zip holds more than {MAX_ZIP_ENTRIES} entries; a "
+                                 "state dict saved by torch.save has one per tensor storage")
+    if directory_size != 0xFFFFFFFF and directory_size > MAX_ZIP_ENTRIES * 512:
+        raise InvalidUploadError("the zip's directory is larger than any state dict's")
+    return int(entries)
+
+
 def _inspect_torch_zip(path: Path) -> WeightsInfo:
+    _central_directory_entries(path)
     try:
         with zipfile.ZipFile(path) as archive:
             pickles = [info for info in archive.infolist()
@@ -169,12 +272,11 @@ def _inspect_torch_zip(path: Path) -> WeightsInfo:
                 raise InvalidUploadError(
                     f"a torch.save checkpoint holds exactly one data.pkl, this zip holds "
                     f"{len(pickles)}; save the state dict with torch.save or as safetensors")
-            if pickles[0].file_size > MAX_PICKLE_BYTES:
-                raise InvalidUploadError("the checkpoint's data.pkl is larger than 64 MiB; "
-                                         "a state dict's pickle is far smaller")
-            data = archive.read(pickles[0])
-    except (zipfile.BadZipFile, EOFError, OSError) as error:
-        raise InvalidUploadError(f"the zip file is damaged or truncated ({error}); "
+            data = _read_bounded(archive, pickles[0])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
+            NotImplementedError, RuntimeError, zlib.error) as error:
+        raise InvalidUploadError(f"the zip file is damaged, truncated or of a kind torch.save "
+                                 f"does not write ({type(error).__name__}: {error}); "
                                  "upload it again") from error
     tensors = scan_pickle(data)
     if tensors == 0:

@@ -46,6 +46,8 @@ def test_the_code_keeps_every_contract(copy_of_the_code: Path) -> None:
     ("core/spec.py", "import models.plan", "core imports nothing of ours"),
     ("service/jobs/_state.py", "import service.api.app", "Server: core"),
     ("workers/worker.py", "import cli.main", "Training stack"),
+    ("cli/latency_agent/_timing.py", "import torch", "latency agent imports no torch"),
+    ("cli/latency_agent/_app.py", "import service.config", "latency agent imports no torch"),
 ])
 def test_a_wrong_way_import_breaks_its_contract(copy_of_the_code: Path, module: str, line: str,
                                                 contract: str) -> None:

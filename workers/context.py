@@ -20,7 +20,8 @@ def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
     splits = runtime.load_data(spec)
     model = baseline_model(runtime, run, splits)
     example = splits.example_input().to(runtime.device.name)
-    groups = prunable_groups(model, example, round_to=spec.search.round_to,
+    round_to = spec.channel_multiple(runtime.device.type)
+    groups = prunable_groups(model, example, round_to=round_to,
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
     factory = channel_chooser(spec.search.channel_importance, lambda method: cached_score(
@@ -28,7 +29,8 @@ def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
         dataset_identity(spec.dataset.name, spec.image_size(), spec.seed), groups, blocks))
     baseline = dict(get_job(runtime.engine, run.job.id).baseline or {})
     return SearchContext(spec=spec, model=model, splits=splits,
-                         space=SearchSpace.from_spec(groups, blocks, spec.search),
+                         space=SearchSpace.from_spec(groups, blocks, spec.search,
+                                                     round_to=round_to),
                          baseline=baseline, device=runtime.device.name,
                          importance_factory=factory, cancel_event=run.cancel,
                          worker=runtime.worker_id)

@@ -1,37 +1,47 @@
 """FINALIZING: the best plan, pruned for real, fine-tuned longer, measured, exported.
 
-Exactly one worker gets here (a guarded transition). The long fine-tune
-distils from the unpruned network when the spec says so. The checkpoint and
-its ONNX, torch.export (.pt2) and TorchScript exports, each with the preprocessing
-an input needs, are written under temporary names and
-renamed, then recorded with their sha256 in the transaction that makes the job
-succeed.
+Exactly one worker gets here (a guarded transition). The delivered model meets
+its limits (``search.delivery``): the best plan's network is re-timed side by
+side with the unpruned one, in the job's runtime, until the ratio is stable;
+when it misses a limit, the next feasible plans are tried (a bounded number),
+and when none meets them the job fails saying by how much, against which limit.
+The long fine-tune distils from the unpruned network when the spec says so. The
+ONNX file is exported first and timed as the user will run it; the checkpoint
+and its torch.export (.pt2) and TorchScript exports follow, each with the
+preprocessing an input needs, written under temporary names and renamed, then
+recorded with their sha256 in the transaction that makes the job succeed.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from models.checkpoints import sha256_file
 from models.export import export_onnx, export_program, export_torchscript, save_pruned
-from models.measure import compare_latency, measure_model
+from models.measure import measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
-from search.result import search_result
+from search.delivery import Delivery, FinalTimer, feasible_ranked
+from search.result import FinishedTrial, search_result
 from search.storage import open_storage
 from search.study import open_study, study_name_for
-from service.jobs import ArtifactFile, fail_job, succeed_job, update_progress
+from service.jobs import ArtifactFile, JobStatus, fail_job, get_job, succeed_job, transition
 from workers.context import search_context
 from workers.files import CHECKPOINT_FILES
 from workers.runtime import JobRun, WorkerRuntime
 
 NO_FEASIBLE_PLAN = "no_feasible_plan"
+#: Error code of a job whose delivered model missed a limit in the final timing.
+LIMIT_MISSED = "limit_missed"
 
 
 def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
-    """Take a ``finalizing`` job to ``succeeded`` (or ``failed`` when nothing fits)."""
+    """Take a ``finalizing`` job to ``succeeded``, or to ``failed`` when no plan fits or
+    when no plan tried meets its limits in the final timing (``search.delivery``)."""
     spec, job = run.spec, run.job
     study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(job.id), spec)
     result = search_result(study, spec)
@@ -42,13 +52,44 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
         return
     runtime.event(run, "result", result.message, {"trial": result.best.number})
     context = search_context(runtime, run)
-    device = runtime.device.name
-    plan = PrunePlan.from_dict(result.best.plan)
+    best = result.best
+    delivery = Delivery(spec, context.baseline, [best, *(
+        trial for trial in feasible_ranked(study) if trial.number != best.number)])
+    with tempfile.TemporaryDirectory(prefix="topiary-final-") as scratch:
+        timer = FinalTimer(spec, context.model, context.splits.input_shape, runtime.device.name,
+                           float(context.baseline["latency_ms"]), Path(scratch))
+        while (trial := delivery.next_plan()) is not None:
+            if _deliver(runtime, run, context, delivery, timer, trial):
+                return
+    _fail_with_miss(runtime, run, delivery)
+
+
+def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delivery,
+             timer: FinalTimer, trial: FinishedTrial) -> bool:
+    """Time the trial's plan, fine-tune it, export it and time the file; succeed the job
+    when both timings meet the limits (True), else log the miss (False)."""
+    spec, device = run.spec, runtime.device.name
+    plan = PrunePlan.from_dict(trial.plan)
     model = copy.deepcopy(context.model)
     importance = context.importance_factory(model) if context.importance_factory else None
     apply_plan(model, plan, context.example_input().to(device), importance=importance)
+    where = f"in {spec.latency.runtime} on {runtime.device.description}"
+    runtime.phase(run, f"timing the plan of trial {trial.number} {where}")
+    # measure_model() contributes everything but latency, so it times a single pass.
+    costs = measure_model(model, context.splits.input_shape, device=device,
+                          batch_size=spec.latency.batch_size, warmup=0, runs=1,
+                          threads=spec.latency.threads).to_dict()
+    costs["flops"] = costs["macs"]
+
+    def misses(latency: dict[str, Any]) -> bool:
+        return bool(delivery.missed({**costs, **latency}))
+
+    record = {**costs, **timer.network(model, misses)}
+    if not delivery.judge(trial, record, "architecture"):
+        _report_miss(runtime, run, delivery, "its network")
+        return False
     epochs = spec.fine_tune.final_epochs
-    runtime.phase(run, f"fine-tuning the best plan (trial {result.best.number}) for {epochs} "
+    runtime.phase(run, f"fine-tuning the plan of trial {trial.number} for {epochs} "
                        f"epochs{' with distillation' if spec.fine_tune.distill else ''}")
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -59,16 +100,55 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
               teacher=context.model if spec.fine_tune.distill else None, callback=report,
               cancel_event=run.cancel, seed=spec.seed, device=device,
               **spec.fine_tune.training_settings())
-    runtime.phase(run, f"measuring the pruned model on {runtime.device.description}")
-    metrics = _final_metrics(runtime, run, context, model)
-    runtime.phase(run, "exporting safetensors, ONNX, torch.export and TorchScript")
     preprocessing = (context.splits.preprocessing.to_metadata()
                      if context.splits.preprocessing is not None else None)
+    export_onnx(model, run.files.checkpoint("onnx"), context.splits.input_shape,
+                preprocessing=preprocessing)
+    runtime.phase(run, f"timing the delivered model {where}")
+    record = {**costs, **timer.delivered(model, run.files.checkpoint("onnx"), misses)}
+    if not delivery.judge(trial, record, "artifact"):
+        _report_miss(runtime, run, delivery, "the delivered model")
+        return False
+    metrics = _final_metrics(runtime, context, model, record)
+    metrics["limits"] = delivery.standings(metrics)
+    metrics["plans_tried"] = [attempt.trial.number for attempt in delivery.attempts]
+    runtime.phase(run, "exporting safetensors, torch.export and TorchScript")
     _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
-    best = {**metrics, "trial": result.best.number, "plan": plan.to_dict()}
-    update_progress(runtime.engine, job.id, {**(_progress(runtime, run)), "finalized": True}, best)
-    succeed_job(runtime.engine, job.id, worker_id=runtime.worker_id, best=best,
+    best = {**metrics, "trial": trial.number, "plan": plan.to_dict()}
+    succeed_job(runtime.engine, run.job.id, worker_id=runtime.worker_id, best=best,
+                progress={**_progress(runtime, run), "finalized": True},
                 artifacts=[_artifact(run, kind) for kind in CHECKPOINT_FILES])
+    return True
+
+
+def _report_miss(runtime: WorkerRuntime, run: JobRun, delivery: Delivery, what: str) -> None:
+    attempt = delivery.attempts[-1]
+    missed = "; ".join(
+        f"{standing['name']} {standing['limit']:g}: {standing['delivered']:.4g}, "
+        f"{standing['missed_by']:.1%} over" for standing in delivery.standings(attempt.record)
+        if standing["met"] is False)
+    following = delivery.next_plan()
+    then = (f"trying the plan of trial {following.number}" if following is not None
+            else "no other plan left to try")
+    runtime.event(run, "final", f"re-timed side by side, {what} of trial "
+                  f"{attempt.trial.number} misses {missed}; {then}",
+                  {"trial": attempt.trial.number, "stage": attempt.stage,
+                   "missed": attempt.missed, **{key: value for key, value in
+                                                attempt.record.items()
+                                                if key.startswith("latency_")}})
+
+
+def _fail_with_miss(runtime: WorkerRuntime, run: JobRun, delivery: Delivery) -> None:
+    """End the job stating by how much the closest plan missed which limit."""
+    closest = delivery.closest()
+    best = None
+    if closest is not None:
+        record = {"accuracy": closest.trial.record.accuracy, **closest.record}
+        best = {**record, "trial": closest.trial.number, "plan": closest.trial.plan,
+                "limits": delivery.standings(record),
+                "plans_tried": [attempt.trial.number for attempt in delivery.attempts]}
+    transition(runtime.engine, run.job.id, JobStatus.FAILED, worker_id=runtime.worker_id,
+               error_code=LIMIT_MISSED, error_message=delivery.miss_message(), best=best)
 
 
 def _artifact(run: JobRun, kind: str) -> ArtifactFile:
@@ -78,33 +158,23 @@ def _artifact(run: JobRun, kind: str) -> ArtifactFile:
 
 
 def _progress(runtime: WorkerRuntime, run: JobRun) -> dict[str, Any]:
-    from service.jobs import get_job
-
     return dict(get_job(runtime.engine, run.job.id).progress or {})
 
 
-def _final_metrics(runtime: WorkerRuntime, run: JobRun, context: Any, model: Any) -> dict:
-    spec, device = run.spec, runtime.device.name
-    # Latency is timed once, side by side with the unpruned network (passes alternate):
-    # the baseline's own latency was timed while preparing, under whatever load was then.
-    # measure_model() contributes everything else, so it times a single pass.
-    cost = measure_model(model, context.splits.input_shape, device=device,
-                   batch_size=spec.latency.batch_size, warmup=0, runs=1).to_dict()
-    reference, timed = compare_latency(context.model, model, context.splits.input_shape, device,
-                                       batch_size=spec.latency.batch_size,
-                                       warmup=spec.latency.warmup, runs=spec.latency.runs)
-    cost.update(latency_ms=timed.median_ms, latency_p90_ms=timed.p90_ms)
+def _final_metrics(runtime: WorkerRuntime, context: Any, model: Any,
+                   record: dict[str, Any]) -> dict[str, Any]:
+    """Accuracies, costs and their ratios to the baseline; latency from the final timing."""
+    device = runtime.device.name
     baseline = context.baseline
     return {
-        **cost, "flops": cost["macs"],
+        **record,
         "accuracy": evaluate(model, context.splits, split="val", device=device),
         "test_accuracy": evaluate(model, context.splits, split="test", device=device),
         "baseline_test_accuracy": evaluate(context.model, context.splits, split="test",
                                            device=device),
-        "latency_ratio": timed.median_ms / reference.median_ms,
-        "flops_ratio": cost["macs"] / baseline["flops"],
-        "params_ratio": cost["params"] / baseline["params"],
-        "memory_ratio": cost["memory_mb"] / baseline["memory_mb"],
+        "flops_ratio": record["macs"] / baseline["flops"],
+        "params_ratio": record["params"] / baseline["params"],
+        "memory_ratio": record["memory_mb"] / baseline["memory_mb"],
         "device_description": runtime.device.description,
     }
 
@@ -118,7 +188,6 @@ def _export(runtime: WorkerRuntime, run: JobRun, model: Any, plan: PrunePlan,
     save_pruned(model, files.checkpoint("safetensors"), arch=spec.model.arch,
                 arch_arguments=arguments, plan=plan, input_shape=input_shape, metrics=metrics,
                 preprocessing=preprocessing)
-    export_onnx(model, files.checkpoint("onnx"), input_shape, preprocessing=preprocessing)
     export_program(model, files.checkpoint("pt2"), input_shape, preprocessing=preprocessing)
     export_torchscript(model, files.checkpoint("torchscript"), input_shape,
                        preprocessing=preprocessing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
 from search.costs import LatencyCache
-from search.objective import measure_baseline
+from search.objective import latency_counts, measure_baseline
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
 from search.storage import open_storage
@@ -28,22 +28,26 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
     splits = runtime.load_data(spec)
     model = baseline_model(runtime, run, splits)
     example = splits.example_input().to(runtime.device.name)
-    groups = prunable_groups(model, example, round_to=spec.search.round_to,
+    round_to = spec.channel_multiple(runtime.device.type)
+    groups = prunable_groups(model, example, round_to=round_to,
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
     baseline = job.baseline
     if not baseline:
-        runtime.phase(run, f"measuring the baseline on {runtime.device.description}")
+        runtime.phase(run, f"measuring the baseline on {runtime.device.description} "
+                           f"({spec.latency.runtime})")
         baseline = {**measure_baseline(model, splits, spec, device=runtime.device.name),
                     "device_description": runtime.device.description,
                     # The original widths, for the job page's channels-kept chart.
                     "groups": [{"name": g.name, "channels": g.channels, "block": g.block}
                                for g in groups],
                     "blocks": [block.name for block in blocks]}
-        set_baseline(runtime.engine, job.id, baseline, device_type=runtime.device.type)
+        # A job whose limits or objective time latency keeps every timing on this model.
+        set_baseline(runtime.engine, job.id, baseline, device_type=runtime.device.type,
+                     device_model=runtime.device.description if latency_counts(spec) else None)
         runtime.event(run, "baseline", f"baseline accuracy {baseline['accuracy']:.3f}, "
-                      f"latency {baseline['latency_ms']:.2f} ms, {baseline['flops']:.3g} MACs",
-                      baseline)
+                      f"latency {baseline['latency_ms']:.2f} ms in {spec.latency.runtime} on "
+                      f"{runtime.device.description}, {baseline['flops']:.3g} MACs", baseline)
     cache = ScoreCache(run.files.scores)
     dataset = dataset_identity(spec.dataset.name, spec.image_size(), spec.seed)
     scores: dict[str, ImportanceScores] = {}
@@ -51,7 +55,7 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
         runtime.phase(run, f"scoring filters and blocks with {method}")
         scores[method] = cached_score(cache, model, splits, method, dataset, groups, blocks)
         runtime.event(run, "scores", f"{method} scores in {scores[method].seconds:.1f} s")
-    space = SearchSpace.from_spec(groups, blocks, spec.search)
+    space = SearchSpace.from_spec(groups, blocks, spec.search, round_to=round_to)
     runtime.phase(run, "creating the study and its warm-start trials")
     measured = LatencyCache()
     plans = seed_plans(model, example, groups, space_blocks(space, blocks), scores,

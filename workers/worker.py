@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from types import FrameType
 
 import torch
@@ -62,17 +64,24 @@ class Worker:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: torch intra-op threads (None: torch's default).
         poll_seconds: sleep between claims when there is nothing to do.
+        runtimes: offer only these of the latency runtimes it has (None: all of them).
     """
 
     def __init__(self, settings: Settings, device: str = "auto", threads: int | None = None,
-                 poll_seconds: float = 1.0) -> None:
+                 poll_seconds: float = 1.0, runtimes: Sequence[str] | None = None) -> None:
         self.settings = settings
         self.poll_seconds = poll_seconds
         engine = create_engine_for(settings.database_url)
         worker_device = open_device(device, threads)
+        if runtimes is not None:
+            worker_device = replace(worker_device, runtimes=tuple(
+                runtime for runtime in worker_device.runtimes if runtime in runtimes))
+        log.info("worker on %s times latency in %s", worker_device.description,
+                 ", ".join(worker_device.runtimes) or "no runtime")
         worker_id = retry_through_outage(
             lambda: register_worker(engine, socket.gethostname(), worker_device.type,
-                                    worker_device.description, pid=os.getpid()),
+                                    worker_device.description, pid=os.getpid(),
+                                    runtimes=worker_device.runtimes),
             "registering the worker")
         self.runtime = WorkerRuntime(engine, settings, worker_device, worker_id)
         self.heartbeat = Heartbeat(engine, worker_id, interval=settings.lease_seconds / 4)
@@ -126,7 +135,9 @@ class Worker:
 
         def claim() -> ClaimedJob | None:
             requeue_expired(engine, max_attempts=self.settings.max_attempts)
-            return claim_next_job(engine, self.worker_id, self.runtime.device.type)
+            device = self.runtime.device
+            return claim_next_job(engine, self.worker_id, device.type,
+                                  runtimes=device.runtimes, device_model=device.description)
 
         try:
             return retry_through_outage(claim, "claiming a job", stop=self.runtime.stopping)

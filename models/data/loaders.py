@@ -33,19 +33,21 @@ __all__ = ["Batches", "FileImages", "LoaderSettings", "TensorImages", "default_l
 #: Batches each loader worker keeps ready (DataLoader's ``prefetch_factor``).
 PREFETCH_BATCHES = 4
 #: At most this many loader workers per device, however many cores there are.
-MAX_LOADER_WORKERS = 12
+MAX_LOADER_WORKERS = 16
 
 
 def default_loader_workers(device: str | torch.device = "cpu") -> int:
-    """Loader workers for one device: the cores this process may use, shared between
-    the visible GPUs, less one for the training process itself; on a CPU device,
-    where training needs the cores too, half of them."""
+    """Loader workers for one device: on CUDA, the cores this process may use shared
+    between the visible GPUs, less one for the training process itself; on a CPU
+    device, the cores torch's own threads leave free (none by default: a loader
+    process beside busy compute threads makes them wait for each other, and
+    decoding small images costs less than that)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     if torch.device(device).type == "cuda":
         per_device = cores // max(1, torch.cuda.device_count())
         return max(1, min(MAX_LOADER_WORKERS, per_device - 1))
-    return min(MAX_LOADER_WORKERS, cores // 2)
+    return max(0, min(MAX_LOADER_WORKERS, cores - torch.get_num_threads()))
 
 
 @dataclass(frozen=True)

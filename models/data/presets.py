@@ -17,6 +17,7 @@ reference recipe a user follows with that metadata.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,8 @@ class Preprocessing:
         """uint8 pixels (or floats already in [0, 1]) -> normalised network input."""
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
-        images = (images - mean[None, :, None, None]) / std[None, :, None, None]
+        mean, std = _statistics(self.mean, self.std, images.device, images.dtype)
+        images = (images - mean) / std
         if self.channels != self.source_channels:
             images = images.repeat(1, self.channels // self.source_channels, 1, 1)
         return images
@@ -144,6 +144,17 @@ class Preprocessing:
             steps.append(transforms.RandomHorizontalFlip())
         steps.append(transforms.PILToTensor())
         return transforms.Compose(steps)
+
+
+@functools.lru_cache(maxsize=32)
+def _statistics(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Mean and std as ``(1, C, 1, 1)`` tensors on ``device``, made once (not a copy to the
+    GPU for every batch)."""
+    def shaped(values: tuple[float, ...]) -> Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)[None, :, None, None]
+
+    return shaped(mean), shaped(std)
 
 
 def _random_pad_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:

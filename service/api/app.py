@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api.errors import install_error_handlers
-from service.api.limits import BodySizeLimitMiddleware
+from service.api.guard import ApiGuardMiddleware
 from service.api.metrics import Metrics, RequestMetricsMiddleware
-from service.api.routes import catalog, events, health, jobs, results, ui, weights
+from service.api.routes import catalog, docs, events, health, jobs, results, ui, weights
+from service.api.routes.events import StreamSlots
 from service.config import Settings, get_settings
 from service.db import create_engine_for
 from service.logs import configure_logging
@@ -25,7 +26,8 @@ from service.trials import StudyReader
 
 logger = logging.getLogger(__name__)
 
-JSON_BODY_LIMIT = 1024 * 1024
+# A job spec is a few KiB; nothing else takes a JSON body.
+JSON_BODY_LIMIT = 64 * 1024
 # Room for the multipart boundaries and headers around the uploaded file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -64,19 +66,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         study_reader.close()
         engine.dispose()
 
-    app = FastAPI(title="Topiary", version="1", lifespan=lifespan,
+    # The docs are our own routes (self-hosted assets, a CSP, the guard decides who sees
+    # them); FastAPI's would load Swagger UI from a CDN.
+    app = FastAPI(title="Topiary", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Prune PyTorch CNNs to a latency and memory budget.")
     app.state.settings = settings
     app.state.engine = engine
     app.state.study_reader = study_reader
     app.state.metrics = Metrics()
+    app.state.stream_slots = StreamSlots(settings.max_streams_per_key)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, default_limit=JSON_BODY_LIMIT,
-                       limits={"/v1/weights": settings.max_upload_bytes + MULTIPART_OVERHEAD},
-                       max_upload_mb=settings.max_upload_mb)
+    # The last added runs first: metrics time everything, the guard's refusals too.
+    app.add_middleware(ApiGuardMiddleware, settings=settings, engine=engine,
+                       default_body_limit=JSON_BODY_LIMIT,
+                       body_limits={"/v1/weights": settings.max_upload_bytes
+                                    + MULTIPART_OVERHEAD})
     app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
     for router in (health.router, catalog.router, jobs.router, results.router, events.router,
-                   weights.router, ui.router):
+                   weights.router, ui.router, docs.router):
         app.include_router(router)
     if settings.auth == "none":
         logger.warning("authentication is off (TOPIARY_AUTH=none): every request acts as "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,13 +12,19 @@ from fastapi import Depends, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from service.api.auth import KEY_HASH, TENANT, PresentedKey, presented_key
 from service.config import Settings
-from service.db import session_scope
-from service.errors import AuthenticationError
-from service.tenants import DEFAULT_TENANT, TenantIdentity, authenticate, get_or_create_tenant
+from service.db import close_session, database_error, request_session
+from service.tenants import TenantIdentity
 from service.trials import StudyReader
+
+# Marks an endpoint wrapped by ``CommittingRoute`` (FastAPI may copy a route when a
+# router is included; the endpoint it keeps is the wrapped one).
+_ONE_CALL = "__topiary_one_call__"
 
 
 # `async` because they do no I/O: FastAPI then calls them without a thread hop.
@@ -39,96 +45,115 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 StudyReaderDep = Annotated[StudyReader, Depends(get_study_reader)]
 
 
+# Documents the scheme in the OpenAPI schema; the guard middleware reads the header.
 _bearer = HTTPBearer(auto_error=False, description="an API key from `topiary keys create`")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 @dataclass(frozen=True)
-class AuthenticatedSession:
-    """The request's session and the tenant its API key belongs to."""
+class PendingTenant(TenantIdentity):
+    """The tenant of a request without a body, looked up by ``CommittingRoute`` in the
+    worker-thread call that serves the request (id -1 matches no row, should a route
+    ever read it unresolved)."""
 
-    session: Session
-    tenant: TenantIdentity
+    key: PresentedKey | None = None
+    engine: Engine | None = None
+
+    def resolve(self, session: Session | None) -> TenantIdentity:
+        assert self.key is not None and self.engine is not None
+        return self.key.tenant(session) if session is not None else self.key.tenant_from(
+            self.engine)
 
 
-def authenticated_session(request: Request, engine: EngineDep, settings: SettingsDep,
-                          credentials: Credentials) -> Iterator[AuthenticatedSession]:
-    """One transaction per request, opened and authenticated in one worker-thread call.
-
-    FastAPI runs every sync dependency in a thread of its pool, and each such hop
-    costs about as much CPU as the authentication query itself; opening the session
-    and checking the key together saves one per request. Routes never commit: on a
-    ``CommittingRoute`` the transaction commits as soon as the route function returns,
-    in its thread; otherwise when this dependency closes, before the response is
-    sent. An error rolls it back.
+async def current_tenant(request: Request, credentials: Credentials) -> TenantIdentity:
+    """The tenant the request's key belongs to (see ``service.api.auth`` for where it is
+    checked).
 
     Raises:
         AuthenticationError: no key, or an unknown or revoked one (checked every time).
     """
-    with session_scope(engine) as session:
-        yield AuthenticatedSession(session, _tenant(request, session, settings, engine,
-                                                    credentials))
-
-
-def _tenant(request: Request, session: Session, settings: Settings, engine: Engine,
-            credentials: HTTPAuthorizationCredentials | None) -> TenantIdentity:
-    if settings.auth == "none":
-        tenant: TenantIdentity | None = getattr(request.app.state, "default_tenant", None)
-        if tenant is None:
-            # Its own committed transaction: the request's session stays read-only.
-            tenant = get_or_create_tenant(engine, DEFAULT_TENANT)
-            request.app.state.default_tenant = tenant
+    state = request.scope["state"]
+    tenant: TenantIdentity | None = state.get(TENANT)
+    if tenant is not None:
         return tenant
-    if credentials is None:
-        raise AuthenticationError("this request needs an API key: send 'Authorization: Bearer "
-                                  "<key>'; an operator creates one with `topiary keys create "
-                                  "--tenant NAME`")
-    tenant = authenticate(session, credentials.credentials)
-    if tenant is None:
-        raise AuthenticationError("the API key is unknown or revoked; ask an operator for a "
-                                  "new one (`topiary keys create --tenant NAME`)")
+    key = state.get(KEY_HASH) or presented_key(request.scope)
+    engine = request.app.state.engine
+    if _serves_in_one_call(request.scope.get("route")):
+        return PendingTenant(-1, "", key=key, engine=engine)
+    tenant = await run_in_threadpool(key.tenant_from, engine)
+    state[TENANT] = tenant
     return tenant
 
 
-Authenticated = Annotated[AuthenticatedSession,
-                          Depends(authenticated_session, scope="function")]
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's session; it connects on first use, in the route's worker thread.
+
+    A ``CommittingRoute`` commits and closes it in that thread; any other route's
+    session is rolled back and closed (in a thread) when the request ends.
+    """
+    session = request_session(request.app.state.engine)
+    try:
+        yield session
+    finally:
+        if session.in_transaction():  # a route that is no CommittingRoute's: roll back
+            await run_in_threadpool(close_session, session)
+        else:
+            close_session(session)  # no I/O: nothing is open
 
 
-# `async` accessors of the one dependency above: no thread hop, no second session.
-async def get_session(authenticated: Authenticated) -> Session:
-    return authenticated.session
-
-
-async def current_tenant(authenticated: Authenticated) -> TenantIdentity:
-    return authenticated.tenant
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
 
 
 class CommittingRoute(APIRoute):
-    """A route whose request session commits when the route function returns, in its thread.
+    """A route served in one worker-thread call: authentication, the route, its commit.
 
-    The dependency's own exit would commit one thread hop later, after the response
-    is serialised (another hop): row locks (the tenant row on submission) and SQLite's
-    writer turn would be held across both. A route that raises commits nothing; the
-    dependency rolls its transaction back. ``async`` routes are left as they are.
+    FastAPI would hand a sync route to the thread pool once for the route and once
+    more to check its return value, and a sync dependency twice more (to open and to
+    close it); each hand-off costs about as much CPU as the route's own query. Here the
+    sync route becomes an ``async`` one that makes a single call to the pool, which
+
+    * looks up the tenant of a request without a body (``PendingTenant``) on the
+      request session's connection (a request never holds two pooled connections),
+    * runs the route,
+    * commits every session among its arguments as soon as it returns (row locks, such
+      as the tenant row on submission, and SQLite's writer turn are not held while the
+      response is serialised), or rolls them back when it raises, and closes them.
+
+    Driver errors leave as ``DatabaseError``. ``async`` routes are left as they are.
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if not inspect.iscoroutinefunction(endpoint):
-            endpoint = _commit_on_return(endpoint)
+            endpoint = _in_one_call(endpoint)
         super().__init__(path, endpoint, **kwargs)
 
 
-def _commit_on_return(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(endpoint)  # FastAPI reads the route's parameters through __wrapped__
-    def run(*args: Any, **kwargs: Any) -> Any:
-        result = endpoint(*args, **kwargs)
-        for value in kwargs.values():
-            if isinstance(value, Session):
-                value.commit()
-        return result
+def _serves_in_one_call(route: Any) -> bool:
+    return getattr(getattr(route, "endpoint", None), _ONE_CALL, False) is True
 
+
+def _in_one_call(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(endpoint)  # FastAPI reads the route's parameters through __wrapped__
+    async def run(**kwargs: Any) -> Any:
+        return await run_in_threadpool(_run_and_commit, endpoint, kwargs)
+
+    setattr(run, _ONE_CALL, True)
     return run
+
+
+def _run_and_commit(endpoint: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    sessions = [value for value in kwargs.values() if isinstance(value, Session)]
+    try:
+        for name, value in kwargs.items():
+            if isinstance(value, PendingTenant):
+                kwargs[name] = value.resolve(sessions[0] if sessions else None)
+        result = endpoint(**kwargs)
+        for session in sessions:
+            session.commit()
+        return result
+    except SQLAlchemyError as error:
+        raise database_error(error) from error
+    finally:
+        for session in sessions:
+            close_session(session)  # rolls back what was not committed

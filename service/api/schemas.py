@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.limits import LimitStanding, limit_standings
 from core.progress import JobProgress
-from core.spec import JobSpec
+from core.spec import Constraints, JobSpec
 from service.db import utcnow
 from service.jobs import Artifact, Event, Job, JobStatus
 from service.tables import WeightsUpload
@@ -50,6 +51,16 @@ class JobPublic(BaseModel):
     attempts: int
     cancel_requested: bool
     device_type: str | None
+    device_model: str | None = Field(
+        description="the device model (GPU name, or CPU model and threads) the baseline's "
+                    "latency was timed on; every trial is timed on that model")
+    latency_runtime: str = Field(description="what latency is timed in (latency.runtime)")
+    waiting_for: str | None = Field(
+        default=None, description="what a waiting job needs that no live worker has (its "
+                                  "latency runtime, device type or device model)")
+    limits: list[LimitStanding] = Field(
+        description="every limit of the spec beside the delivered (or best so far) value, "
+                    "met or missed")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -62,10 +73,12 @@ class JobPublic(BaseModel):
     spec: dict[str, Any]
 
     @classmethod
-    def from_row(cls, job: Job) -> JobPublic:
+    def from_row(cls, job: Job, waiting_for: str | None = None) -> JobPublic:
         return cls(id=job.id, name=job.name, status=JobStatus(job.status), phase=job.phase,
                    attempts=job.attempts, cancel_requested=job.cancel_requested,
-                   device_type=job.device_type, created_at=job.created_at,
+                   device_type=job.device_type, device_model=job.device_model,
+                   latency_runtime=job.latency_runtime or "torch", waiting_for=waiting_for,
+                   limits=_limits(job), created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at,
                    progress=_progress(job), baseline=job.baseline, best=job.best,
                    error=(JobError(code=job.error_code, message=job.error_message or "")
@@ -73,6 +86,12 @@ class JobPublic(BaseModel):
                    study_name=job.study_name,
                    artifacts=[ArtifactPublic.from_row(a) for a in job.artifacts],
                    spec=job.spec)
+
+
+def _limits(job: Job) -> list[LimitStanding]:
+    constraints = Constraints.model_validate(
+        job.spec.get("objective", {}).get("constraints", {}))
+    return limit_standings(constraints, job.baseline, job.best)
 
 
 def _progress(job: Job) -> JobProgress:

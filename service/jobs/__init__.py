@@ -38,6 +38,7 @@ from service.jobs._records import (
     set_study_name,
     update_progress,
 )
+from service.jobs._removal import RemovedJob, delete_job, remove_job_files
 from service.jobs._stalls import STALL_EVENT, count_stalls, report_stall
 from service.jobs._state import (
     ACTIVE_STATUSES,
@@ -61,6 +62,7 @@ from service.jobs._workers import (
     count_live_workers,
     register_worker,
     stop_worker,
+    waiting_for,
     worker_heartbeat,
 )
 
@@ -75,6 +77,7 @@ __all__ = [
     "Artifact",
     "ArtifactFile",
     "ClaimedJob",
+    "RemovedJob",
     "Event",
     "InvalidTransitionError",
     "Job",
@@ -90,6 +93,7 @@ __all__ = [
     "count_jobs_by_status",
     "count_live_workers",
     "count_stalls",
+    "delete_job",
     "fail_job",
     "get_artifact",
     "get_job",
@@ -98,6 +102,7 @@ __all__ = [
     "list_jobs",
     "record_artifact",
     "register_worker",
+    "remove_job_files",
     "release_lease",
     "renew_lease",
     "report_stall",
@@ -114,5 +119,6 @@ __all__ = [
     "transition",
     "update_progress",
     "upload_path",
+    "waiting_for",
     "worker_heartbeat",
 ]

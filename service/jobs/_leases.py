@@ -11,6 +11,12 @@ device type while the phases that need exactly one worker stay exclusive:
   ``searching`` job. Claiming a ``searching`` job adds a row if the worker's device
   type is the one the baseline was measured on (``jobs.device_type``).
 
+Either claim also needs the worker to have the job's latency runtime
+(``jobs.latency_runtime``: a worker without it never takes the job, which waits for
+one that has it) and, once the baseline's latency was timed on a device model
+(``jobs.device_model``), to be of that model: every latency of a job is timed on
+one kind of device.
+
 Both are renewed with ``renew_lease``. ``requeue_expired`` puts a job whose
 exclusive lease expired back to ``queued`` (``attempts`` + 1; ``failed`` with
 ``too_many_attempts`` once ``attempts`` reaches ``max_attempts``), cancels it if
@@ -58,6 +64,7 @@ class ClaimedJob:
         device_type: device type of the baseline (set by this claim on a fresh job).
         baseline: baseline metrics if an earlier holder measured them.
         study_name: the Optuna study if one was created.
+        device_model: the device model the baseline's latency was timed on, if it was.
     """
 
     id: str
@@ -72,6 +79,7 @@ class ClaimedJob:
     device_type: str | None
     baseline: dict[str, Any] | None
     study_name: str | None
+    device_model: str | None = None
 
 
 def _lease_seconds(value: float | None) -> float:
@@ -83,16 +91,33 @@ def _claimed(job: Job, *, exclusive: bool, worker_id: str, expires: datetime) ->
                       status=JobStatus(job.status), attempts=job.attempts, exclusive=exclusive,
                       lease_owner=worker_id, lease_expires_at=expires,
                       device_type=job.device_type, baseline=job.baseline,
-                      study_name=job.study_name)
+                      study_name=job.study_name, device_model=job.device_model)
 
 
-def _claim_queued(session: Session, worker_id: str, device_type: str,
+@dataclass(frozen=True)
+class _Capabilities:
+    """What a claiming worker offers: its device type, latency runtimes and device model."""
+
+    device_type: str
+    runtimes: tuple[str, ...]
+    device_model: str | None
+
+    def conditions(self) -> list[Any]:
+        """The jobs this worker can time: its runtime, and its device model once recorded."""
+        model = (Job.device_model.is_(None) if self.device_model is None
+                 else or_(Job.device_model.is_(None), Job.device_model == self.device_model))
+        return [Job.latency_runtime.in_(self.runtimes), model]
+
+
+def _claim_queued(session: Session, worker_id: str, offer: _Capabilities,
                   lease_seconds: float) -> ClaimedJob | None:
+    device_type = offer.device_type
     candidate = (
         select(Job.id)
         .where(Job.status == JobStatus.QUEUED.value,
                or_(Job.device_request.is_(None), Job.device_request == device_type),
-               or_(Job.device_type.is_(None), Job.device_type == device_type))
+               or_(Job.device_type.is_(None), Job.device_type == device_type),
+               *offer.conditions())
         .order_by(Job.created_at, Job.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -108,15 +133,15 @@ def _claim_queued(session: Session, worker_id: str, device_type: str,
     return _claimed(job, exclusive=True, worker_id=worker_id, expires=job.lease_expires_at)
 
 
-def _join_searching(session: Session, worker_id: str, device_type: str,
+def _join_searching(session: Session, worker_id: str, offer: _Capabilities,
                     lease_seconds: float) -> ClaimedJob | None:
     joined = select(JobParticipant.job_id).where(JobParticipant.worker_id == worker_id)
     now = database_now(session)
     expires = deadline_after(session, lease_seconds)
     candidate = (
         select(Job.id, literal(worker_id), now, expires)
-        .where(Job.status == JobStatus.SEARCHING.value, Job.device_type == device_type,
-               Job.cancel_requested.is_(False), Job.id.not_in(joined))
+        .where(Job.status == JobStatus.SEARCHING.value, Job.device_type == offer.device_type,
+               Job.cancel_requested.is_(False), Job.id.not_in(joined), *offer.conditions())
         .order_by(Job.created_at, Job.id)
         .limit(1))
     row = session.execute(
@@ -134,7 +159,9 @@ def _join_searching(session: Session, worker_id: str, device_type: str,
 
 def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
                    phases: Iterable[JobStatus | str] = CLAIMABLE, *,
-                   lease_seconds: float | None = None) -> ClaimedJob | None:
+                   lease_seconds: float | None = None,
+                   runtimes: Iterable[str] = ("torch",),
+                   device_model: str | None = None) -> ClaimedJob | None:
     """Take the oldest job this worker can work on, trying ``phases`` in order.
 
     Args:
@@ -146,6 +173,11 @@ def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
         phases: ``queued`` (exclusive: the job moves to ``preparing``) and/or
             ``searching`` (shared: join a running search).
         lease_seconds: lease length; default ``Settings.lease_seconds``.
+        runtimes: the latency runtimes the worker can time in; jobs timed in another
+            are left alone.
+        device_model: the worker's device model (GPU name, or CPU model and threads);
+            jobs whose baseline latency was timed on another model are left alone (None:
+            every such job).
 
     Returns:
         The claimed job, or None when there is nothing to do.
@@ -155,13 +187,14 @@ def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
             reached by ``transition``, not by claims).
     """
     seconds = _lease_seconds(lease_seconds)
+    offer = _Capabilities(device_type, tuple(runtimes), device_model)
     for phase in phases:
         status = JobStatus(phase)
         if status not in CLAIMABLE:
             raise ValueError(f"only queued and searching jobs can be claimed, not {phase!r}")
         claim = _claim_queued if status is JobStatus.QUEUED else _join_searching
         with use_session(bind) as session:
-            claimed = claim(session, worker_id, device_type, seconds)
+            claimed = claim(session, worker_id, offer, seconds)
         if claimed is not None:
             return claimed
     return None

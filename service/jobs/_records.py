@@ -69,8 +69,16 @@ def update_progress(bind: Engine | Session, job_id: str, progress: dict[str, Any
 
 
 def set_baseline(bind: Engine | Session, job_id: str, baseline: dict[str, Any], *,
-                 device_type: str | None = None) -> None:
+                 device_type: str | None = None, device_model: str | None = None) -> None:
     """Store the unpruned model's metrics and the device type they were measured on.
+
+    Args:
+        bind: engine or session.
+        job_id: the job.
+        baseline: the metrics.
+        device_type: ``cpu`` or ``cuda``.
+        device_model: the device model its latency was timed on, when the job's limits
+            or objective time latency: from now on only workers of that model claim it.
 
     Raises:
         NotFoundError: no such job.
@@ -78,6 +86,8 @@ def set_baseline(bind: Engine | Session, job_id: str, baseline: dict[str, Any], 
     values: dict[str, Any] = {"baseline": baseline}
     if device_type is not None:
         values["device_type"] = device_type
+    if device_model is not None:
+        values["device_model"] = device_model[:255]
     with use_session(bind) as session:
         if not _update_job(session, job_id, values):
             raise NotFoundError(f"job {job_id} does not exist")

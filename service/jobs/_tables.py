@@ -39,6 +39,8 @@ class Worker(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     device_type: Mapped[str] = mapped_column(String(16))
     device_name: Mapped[str] = mapped_column(String(255))
+    # Latency runtimes it can time in (latency.runtime), e.g. ["torch", "onnxruntime"].
+    runtimes: Mapped[list[str] | None] = mapped_column(JSON)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -65,6 +67,13 @@ class Job(Base):
     device_request: Mapped[str | None] = mapped_column(String(16))
     # Device type the baseline was measured on; trials must run on the same type.
     device_type: Mapped[str | None] = mapped_column(String(16))
+    # The runtime the spec times latency in (latency.runtime); only workers that have it
+    # claim the job.
+    latency_runtime: Mapped[str] = mapped_column(String(16), default="torch",
+                                                 server_default="torch")
+    # Device model (GPU name, or CPU model and threads) the baseline's latency was timed
+    # on, when latency is timed; trials then run on workers of that model only.
+    device_model: Mapped[str | None] = mapped_column(String(255))
     lease_owner: Mapped[str | None] = mapped_column(
         ForeignKey("workers.id", ondelete="SET NULL"))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

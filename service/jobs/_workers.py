@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import affected_rows, use_session
 from service.jobs._clock import database_now, deadline_after
-from service.jobs._tables import Worker
+from service.jobs._state import JobStatus
+from service.jobs._tables import Job, Worker
 
 
 def register_worker(bind: Engine | Session, host: str, device_type: str, device_name: str,
-                    *, pid: int | None = None) -> str:
+                    *, pid: int | None = None, runtimes: Sequence[str] = ("torch",)) -> str:
     """Record a starting worker.
 
     Args:
@@ -20,6 +23,7 @@ def register_worker(bind: Engine | Session, host: str, device_type: str, device_
         device_type: ``cpu``, ``cuda``, ... (what claims match jobs against).
         device_name: e.g. ``NVIDIA H100 80GB HBM3``.
         pid: process id, for operators.
+        runtimes: the latency runtimes it can time in (what claims match jobs against).
 
     Returns:
         The worker id to claim and heartbeat with.
@@ -28,7 +32,7 @@ def register_worker(bind: Engine | Session, host: str, device_type: str, device_
         now = database_now(session)
         worker = Worker(host=host[:255], device_type=device_type[:16],
                         device_name=device_name[:255], pid=pid, started_at=now,
-                        heartbeat_at=now)
+                        heartbeat_at=now, runtimes=list(runtimes))
         session.add(worker)
         session.flush()
         return worker.id
@@ -56,3 +60,44 @@ def count_live_workers(bind: Engine | Session, within_seconds: float) -> int:
         cutoff = deadline_after(session, -within_seconds)
         return session.scalar(select(func.count()).select_from(Worker).where(
             Worker.stopped_at.is_(None), Worker.heartbeat_at >= cutoff)) or 0
+
+
+def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str | None:
+    """What a queued (or deserted searching) job waits for when no live worker can take
+    it: a worker with its latency runtime, device type or device model; None when a
+    live worker can (or the job is not waiting).
+
+    Args:
+        bind: engine or session.
+        job: the job row.
+        within_seconds: a worker is live when its last heartbeat is this recent.
+    """
+    if job.status not in (JobStatus.QUEUED.value, JobStatus.SEARCHING.value):
+        return None
+    device_type = job.device_type or job.device_request
+    with use_session(bind) as session:
+        cutoff = deadline_after(session, -within_seconds)
+        workers = session.execute(select(Worker.device_type, Worker.device_name, Worker.runtimes)
+                                  .where(Worker.stopped_at.is_(None),
+                                         Worker.heartbeat_at >= cutoff)).all()
+    for worker in workers:
+        if ((device_type is None or worker.device_type == device_type)
+                and job.latency_runtime in (worker.runtimes or ["torch"])
+                and (job.device_model is None or worker.device_name == job.device_model)):
+            return None
+    needs = []
+    if job.latency_runtime != "torch":
+        needs.append(f"the {job.latency_runtime} latency runtime")
+    if job.device_model is not None:
+        needs.append(f"the device its baseline was timed on ({job.device_model})")
+    elif device_type is not None:
+        needs.append(f"a {device_type} device")
+    wanted = " and ".join(needs) if needs else "any device"
+    reason = (f"waiting for a worker with {wanted}; "
+              f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}, none has it")
+    if job.latency_runtime == "tensorrt":
+        reason += ("; no Topiary worker can time in TensorRT yet, so resubmit with "
+                   "latency.runtime onnxruntime (CUDA provider) or torch")
+    elif job.latency_runtime != "torch":
+        reason += f" (install topiary[{job.latency_runtime}] on a worker)"
+    return reason

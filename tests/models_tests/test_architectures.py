@@ -26,6 +26,17 @@ def test_every_catalogued_architecture_builds_and_runs_small_inputs(name: str) -
     assert out.shape == (2, 7)
 
 
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_catalogued_architecture_takes_one_channel_grayscale(name: str) -> None:
+    stems = ([{"small_input": True}, {"small_input": False}]
+             if "small_input" in ARCHITECTURES[name].arguments else [{}])
+    for stem in stems:
+        model = build_model(name, num_classes=7, in_channels=1, **stem).eval()
+        with torch.inference_mode():
+            out = model(torch.randn(2, 1, 32, 32))
+        assert out.shape == (2, 7)
+
+
 def test_list_architectures_describes_each_one() -> None:
     listed = {entry["name"]: entry for entry in list_architectures()}
     assert set(listed) == set(ARCHITECTURES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from torch.utils.data import Subset
 
 from models.architectures import build_model
 from models.data import default_loader_workers
-from models.data.loaders import epoch_order
+from models.data.loaders import MAX_LOADER_WORKERS, epoch_order
 from models.datasets import load_dataset
 from models.train import TrainConfig, evaluate, train_model
 
@@ -83,8 +84,15 @@ def test_limit_cuts_a_split_to_the_same_first_items(image_folder: Path) -> None:
 
 
 def test_default_loader_workers_leave_cores_for_training() -> None:
-    workers = default_loader_workers("cpu")
-    assert 0 <= workers <= max(1, len(__import__("os").sched_getaffinity(0)) // 2)
+    cores = len(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert default_loader_workers("cpu") == min(MAX_LOADER_WORKERS, cores - 1)
+        torch.set_num_threads(cores)
+        assert default_loader_workers("cpu") == 0  # the compute threads take every core
+    finally:
+        torch.set_num_threads(threads)
     if torch.cuda.is_available():
         assert default_loader_workers("cuda") >= 1
 

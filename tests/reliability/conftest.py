@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.invariants import copy_logs
 
 
 @pytest.fixture
@@ -17,9 +16,6 @@ def cluster(postgres_admin_url: str, postgres_template: str, tmp_path: Path) -> 
 
     The processes' logs stay under the test's ``tmp_path/logs``.
     """
-    with Cluster.create(postgres_admin_url, tmp_path / "home",
-                        template=postgres_template) as cluster:
-        try:
-            yield cluster
-        finally:
-            copy_logs(cluster, tmp_path / "logs")
+    with Cluster.create(postgres_admin_url, tmp_path / "home", template=postgres_template,
+                        logs=tmp_path / "logs") as cluster:
+        yield cluster

@@ -9,7 +9,6 @@ valid key, some keep whatever Authorization header was generated.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from typing import Any
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save as save_safetensors
 from schemathesis import GenerationMode
 
-from service.jobs import JobStatus, record_artifact, request_cancel, transition
+from service.jobs import request_cancel
 from tests.support import spec_json
 from tests.support.fixtures import Api
 
@@ -32,17 +31,8 @@ def _real_ids(api: Api) -> dict[str, list[str]]:
     """A succeeded job with a checkpoint, a cancelled job, and a weights upload."""
     import numpy as np
 
-    done = api.client.post("/v1/jobs", json=spec_json(name="done")).json()["id"]
-    for status in (JobStatus.PREPARING, JobStatus.SEARCHING, JobStatus.FINALIZING,
-                   JobStatus.SUCCEEDED):
-        transition(api.engine, done, status)
-    assert api.settings.artifact_dir is not None
-    path = api.settings.artifact_dir / done / "pruned.safetensors"
-    path.parent.mkdir(parents=True)
     content = save_safetensors({"w": np.ones(4, dtype=np.float32)})
-    path.write_bytes(content)
-    record_artifact(api.engine, done, "safetensors", str(path), len(content),
-                    hashlib.sha256(content).hexdigest())
+    done = api.succeeded_job("done", content)
     cancelled = api.client.post("/v1/jobs", json=spec_json(name="cancelled")).json()["id"]
     request_cancel(api.engine, api.tenant_id, cancelled)
     upload = api.client.post("/v1/weights", files={"file": ("w.safetensors", content)})
@@ -50,6 +40,7 @@ def _real_ids(api: Api) -> dict[str, list[str]]:
     return {"job_id": [done, cancelled], "upload_id": [upload.json()["id"]]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_no_generated_request_gets_a_server_error(api: Api) -> None:
     real = _real_ids(api)

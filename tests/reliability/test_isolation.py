@@ -24,7 +24,7 @@ from sqlalchemy import inspect, select, text
 
 from service.api.app import create_app
 from service.db import session_scope
-from service.jobs import JobStatus, append_event, get_job, record_artifact, transition
+from service.jobs import JobStatus, append_event, get_job, transition
 from service.tables import ApiKey
 from service.tenants import PREFIX_LENGTH, create_api_key, hash_key
 from tests.support import REPOSITORY, spec_json, wait_for
@@ -35,17 +35,8 @@ JOB_ROUTES = ("", "/trials", "/pareto", "/events?follow=false", "/events",
 
 
 def _succeeded_job_with_checkpoint(api: Api) -> str:
-    job_id = api.client.post("/v1/jobs", json=spec_json(name="secret-plan")).json()["id"]
-    for status in (JobStatus.PREPARING, JobStatus.SEARCHING, JobStatus.FINALIZING,
-                   JobStatus.SUCCEEDED):
-        transition(api.engine, job_id, status)
-    assert api.settings.artifact_dir is not None
-    path = api.settings.artifact_dir / job_id / "pruned.safetensors"
-    path.parent.mkdir(parents=True)
     content = save_safetensors({"w": np.arange(8, dtype=np.float32)})
-    path.write_bytes(content)
-    record_artifact(api.engine, job_id, "safetensors", str(path), len(content),
-                    hashlib.sha256(content).hexdigest())
+    job_id = api.succeeded_job("secret-plan", content)
     assert api.client.get(f"/v1/jobs/{job_id}/checkpoint").content == content
     return job_id
 

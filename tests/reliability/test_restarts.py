@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import optuna
 import pytest
@@ -11,9 +13,10 @@ from sqlalchemy.engine import make_url
 
 from service.jobs import JobStatus, set_study_name
 from tests.support import (
+    PrivatePostgres,
     chaos_spec,
-    postgres_restart_unavailable,
-    postgres_stopped,
+    private_postgres,
+    private_postgres_unavailable,
     spec_json,
     wait_for,
 )
@@ -35,13 +38,29 @@ def _finished(cluster: Cluster, job_id: str) -> int:
     return int(progress.get("trials_complete", 0)) + int(progress.get("trials_pruned", 0))
 
 
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_api_and_postgresql_restarts_mid_search_lose_nothing(cluster: Cluster,
-                                                             postgres_admin_url: str) -> None:
-    reason = postgres_restart_unavailable(postgres_admin_url)
+@pytest.fixture
+def private_server() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, to stop (the shared one serves other tests)."""
+    reason = private_postgres_unavailable()
     if reason:
         pytest.skip(reason)
+    with private_postgres() as server:
+        yield server
+
+
+@pytest.fixture
+def private_cluster(private_server: PrivatePostgres, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose databases are on ``private_server``."""
+    with Cluster.create(private_server.admin_url, tmp_path / "home",
+                        logs=tmp_path / "logs") as cluster:
+        yield cluster
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_api_and_postgresql_restarts_mid_search_lose_nothing(
+        private_cluster: Cluster, private_server: PrivatePostgres) -> None:
+    cluster = private_cluster
     api = cluster.start_api()
     worker = cluster.start_worker()
     with api.client() as client:
@@ -64,7 +83,7 @@ def test_api_and_postgresql_restarts_mid_search_lose_nothing(cluster: Cluster,
     # a trial meet the outage, not only its heartbeat) and comes back: every connection
     # of the API and the worker is cut.
     trials_before = _finished(cluster, job_id)
-    with postgres_stopped(postgres_admin_url), api.client() as client:
+    with private_server.stopped(), api.client() as client:
         down = client.get(f"/v1/jobs/{job_id}")
         assert down.status_code == 503 and down.json()["code"] == "database_error"
         assert down.headers["Retry-After"]

@@ -8,6 +8,7 @@ import torch
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
+from core.spec import FineTuneSpec
 from core.trial import TrialRecord
 from models.importance import ImportanceScores
 from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
@@ -263,3 +264,41 @@ def test_a_seeded_latency_of_another_plan_is_not_used(tmp_path, baseline,
     [trial] = study.get_trials(states=(TrialState.COMPLETE,))
     assert trial.user_attrs["latency_seeded"] is False
     assert TrialRecord.from_trial(trial).feasible is False  # timed for real: not in 1 ns
+
+
+def test_a_trial_of_steps_is_scored_on_capped_validation_images_once(
+        tmp_path, baseline, baseline_metrics, monkeypatch) -> None:
+    import search.objective
+
+    spec = make_spec(search={"n_trials": 1})
+    spec = spec.model_copy(update={"fine_tune": FineTuneSpec(trial_steps=3,
+                                                             trial_eval_images=40)})
+    calls: list[dict] = []
+    evaluated: list[int] = []
+    real_fine_tune, real_evaluate = search.objective.fine_tune, search.objective.evaluate
+
+    def recording_fine_tune(model, splits, epochs, **kwargs):
+        history = real_fine_tune(model, splits, epochs, **kwargs)
+        calls.append({"epochs": epochs, "steps": kwargs.get("steps"), "val": len(splits.val),
+                      "history": history})
+        return history
+
+    def recording_evaluate(model, splits, split="val", *args, **kwargs):
+        evaluated.append(len(getattr(splits, split)))
+        return real_evaluate(model, splits, split, *args, **kwargs)
+
+    monkeypatch.setattr(search.objective, "fine_tune", recording_fine_tune)
+    monkeypatch.setattr(search.objective, "evaluate", recording_evaluate)
+    context = make_context(baseline, baseline_metrics, spec)
+    study = _study(tmp_path, spec)
+    light = PrunePlan(keep={g.name: 4 for g in context.space.groups})
+    enqueue_plans(study, context.space, [("light", light)])
+    run_trials(study, Objective(context), spec)
+
+    [trial] = study.get_trials(states=(TrialState.COMPLETE,))
+    [call] = calls
+    assert (call["epochs"], call["steps"], call["val"]) == (0, 3, 40)
+    assert call["history"]["step"][-1] == 3
+    # Scored right after pruning, then the fine-tune's own last evaluation is reused.
+    assert evaluated == [40]
+    assert trial.user_attrs["accuracy"] == call["history"]["val_accuracy"][-1]

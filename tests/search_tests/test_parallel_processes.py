@@ -19,6 +19,7 @@ from search.budget import is_surplus
 from search.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def _start(weights: Path, url: str, study: str, n_trials: int, worker: str) -> subprocess.Popen:

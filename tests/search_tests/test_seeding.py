@@ -172,6 +172,7 @@ def test_under_a_measured_limit_a_deeper_plan_may_keep_more(network) -> None:  #
     assert fit.metrics(chosen)["memory_mb"] <= (1 - MEASURED_MARGIN) * 0.5 * baseline_mb
 
 
+@pytest.mark.slow
 def test_under_a_measured_limit_plans_come_most_flops_first(network) -> None:  # type: ignore[no-untyped-def]
     model, x, groups, blocks = network
     flops = count_flops_params(model, INPUT)[0]
@@ -189,6 +190,7 @@ def test_under_a_measured_limit_plans_come_most_flops_first(network) -> None:  #
     assert {label.split("@")[0] for label, _ in plans} >= {"uniform", "global/magnitude"}
 
 
+@pytest.mark.slow
 def test_with_a_probe_measured_limits_rank_plans_by_its_loss(network) -> None:  # type: ignore[no-untyped-def]
     model, x, groups, blocks = network
     splits = load_dataset("digits", image_size=16, seed=0)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.support import REPOSITORY, create_database, drop_database
 
 PROCESSES = 4
@@ -21,6 +23,8 @@ open_storage(sys.argv[1]).get_all_studies()
 """
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_processes_opening_a_fresh_storage_together_all_succeed(
         postgres_admin_url: str) -> None:
     for _ in range(ROUNDS):

@@ -22,6 +22,8 @@ from service.jobs import list_jobs
 from service.tenants import DEFAULT_TENANT, get_or_create_tenant
 
 REPOSITORY = Path(__file__).parents[2]
+# The two tests share one home, in order: one xdist worker runs both.
+pytestmark = pytest.mark.xdist_group("demo")
 TINY = ["--n-trials", "2", "--trial-epochs", "0", "--final-epochs", "1", "--baseline-epochs", "1",
         "--threads", "1", "--latency-runs", "5"]
 

@@ -1,8 +1,9 @@
 """The test harness, one of each: a free port, the PostgreSQL probe, throwaway databases
 copied from a migrated template, and the launcher of our programs.
 
-The tests use it through fixtures (:mod:`tests.support.fixtures`, registered by
-``tests/conftest.py``) and these functions; the reliability tier and ``bench/`` also
+A test that stops PostgreSQL stops a server of its own (:func:`private_postgres`), never
+the shared one. The tests use the harness through fixtures (:mod:`tests.support.fixtures`,
+registered by ``tests/conftest.py``) and these functions; the reliability tier and ``bench/`` also
 use :mod:`tests.support.cluster` (real processes and their faults) and
 :mod:`tests.support.invariants` (what a job must be whatever was killed). The
 arrow is one way: ``bench`` imports ``tests.support``, nothing here imports ``bench``
@@ -31,11 +32,10 @@ from tests.support._postgres import (
     postgres_unavailable,
     throwaway_database,
 )
-from tests.support._restarts import (
-    ensure_postgres_running,
-    postgres_restart_unavailable,
-    postgres_stopped,
-    restart_postgres,
+from tests.support._private_postgres import (
+    PrivatePostgres,
+    private_postgres,
+    private_postgres_unavailable,
 )
 from tests.support._templates import (
     copy_postgres,
@@ -51,6 +51,7 @@ __all__ = [
     "ChildExited",
     "ChildProcess",
     "ChildProcesses",
+    "PrivatePostgres",
     "ServedApi",
     "admin_url",
     "answers_readyz",
@@ -60,16 +61,14 @@ __all__ = [
     "create_database",
     "database_url",
     "drop_database",
-    "ensure_postgres_running",
     "free_port",
     "migrated_postgres_template",
     "migrated_sqlite_template",
     "postgres_answers",
-    "postgres_restart_unavailable",
-    "postgres_stopped",
     "postgres_unavailable",
+    "private_postgres",
+    "private_postgres_unavailable",
     "program_environment",
-    "restart_postgres",
     "served_api",
     "spec_json",
     "start_api",

@@ -9,6 +9,7 @@ job. What a job must still be whatever was killed is checked by
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from service.jobs import Worker as WorkerRow
 from service.tenants import create_api_key
 from tests.support._launch import program_environment, start_api, start_worker
 from tests.support._postgres import create_database, drop_database
+from tests.support._private_postgres import PrivatePostgres
 from tests.support._waiting import wait_for
 from tests.support.specs import chaos_spec
 
@@ -62,6 +64,8 @@ class Cluster:
         engine: our database, for the test's own reads and submissions.
         tenant_id: the tenant whose API key ``api_key`` is.
         processes: every process started, oldest first.
+        server: the PostgreSQL server of the cluster's own, when it was given one (only
+            such a server may be stopped: :meth:`restart_postgres`).
     """
 
     admin_url: str
@@ -70,12 +74,14 @@ class Cluster:
     tenant_id: int
     api_key: str
     processes: list[ChildProcess] = field(default_factory=list)
+    server: PrivatePostgres | None = None
     _storage: RDBStorage | None = None
     _storage_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     @contextmanager
     def create(cls, admin_url: str, home: Path, *, template: str | None = None,
+               logs: Path | None = None, server: PrivatePostgres | None = None,
                lease_seconds: float = 4, max_attempts: int = 6,
                **extra: Any) -> Iterator[Cluster]:
         """A cluster whose processes are all killed, and databases dropped, on exit.
@@ -84,6 +90,8 @@ class Cluster:
             admin_url: the PostgreSQL server's admin URL.
             home: the processes' ``TOPIARY_HOME``.
             template: a migrated database to copy ours from (default: migrate a new one).
+            logs: where to copy the processes' logs on exit (default: nowhere).
+            server: the private server ``admin_url`` names, if it is one.
             lease_seconds, max_attempts, extra: settings of every process.
         """
         ours = create_database(admin_url, "topiary_rel", template=template)
@@ -101,11 +109,13 @@ class Cluster:
             settings.ensure_directories()
             engine = create_engine_for(ours)
             key = create_api_key(engine, "chaos")
-            cluster = cls(admin_url, settings, engine, key.tenant.id, key.key)
+            cluster = cls(admin_url, settings, engine, key.tenant.id, key.key, server=server)
             yield cluster
         finally:
             if cluster is not None:
                 cluster.close()
+                if logs is not None:
+                    cluster.copy_logs(logs)
             for url in (ours, theirs):
                 drop_database(admin_url, url, attempts=10)
 
@@ -192,6 +202,18 @@ class Cluster:
         """The tail of every process's log, for an assertion message."""
         return "\n".join(f"--- {p.name} {p.pid} ---\n{p.log_tail(lines)}"
                          for p in self.processes)
+
+    def restart_postgres(self, down_seconds: float = 0.0) -> None:
+        """Stop the cluster's own server, wait ``down_seconds``, start it: every connection
+        of every process is cut."""
+        assert self.server is not None, "only a private server may be restarted"
+        self.server.restart(down_seconds)
+
+    def copy_logs(self, destination: Path) -> None:
+        """Keep the processes' logs (for a failing test's report)."""
+        destination.mkdir(parents=True, exist_ok=True)
+        for process in self.processes:
+            shutil.copy(process.log_path, destination / process.log_path.name)
 
     def close(self) -> None:
         for process in self.processes:

@@ -7,6 +7,7 @@ xdist worker), and a real app on them (:class:`Api`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sqlalchemy import Engine
 from service.api.app import create_app
 from service.config import Settings
 from service.db import create_engine_for
+from service.jobs import JobStatus, record_artifact, transition
 from service.tenants import NewApiKey, create_api_key
 from tests.support._postgres import (
     admin_url,
@@ -32,6 +34,7 @@ from tests.support._templates import (
     migrated_postgres_template,
     migrated_sqlite_template,
 )
+from tests.support.specs import spec_json
 
 BACKENDS = [pytest.param("sqlite", id="sqlite"),
             pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
@@ -144,6 +147,21 @@ class Api:
 
     def other_tenant_headers(self, name: str = "globex") -> dict[str, str]:
         return {"Authorization": f"Bearer {create_api_key(self.engine, name).key}"}
+
+    def succeeded_job(self, name: str, checkpoint: bytes) -> str:
+        """Submit a job, move it to SUCCEEDED, and record ``checkpoint`` as its
+        safetensors file (no worker runs); returns its id."""
+        job_id = str(self.client.post("/v1/jobs", json=spec_json(name=name)).json()["id"])
+        for status in (JobStatus.PREPARING, JobStatus.SEARCHING, JobStatus.FINALIZING,
+                       JobStatus.SUCCEEDED):
+            transition(self.engine, job_id, status)
+        assert self.settings.artifact_dir is not None
+        path = self.settings.artifact_dir / job_id / "pruned.safetensors"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(checkpoint)
+        record_artifact(self.engine, job_id, "safetensors", str(path), len(checkpoint),
+                        hashlib.sha256(checkpoint).hexdigest())
+        return job_id
 
 
 @pytest.fixture

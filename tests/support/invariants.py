@@ -5,7 +5,6 @@ match their digest, and only whole files served."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +133,3 @@ def leftover_temporaries(cluster: Cluster, job_id: str) -> list[Path]:
     assert cluster.settings.artifact_dir is not None
     folder = cluster.settings.artifact_dir / job_id
     return sorted(folder.glob(".*.partial")) if folder.is_dir() else []
-
-
-def copy_logs(cluster: Cluster, destination: Path) -> None:
-    """Keep the processes' logs (for a failing test's report)."""
-    destination.mkdir(parents=True, exist_ok=True)
-    for process in cluster.processes:
-        shutil.copy(process.log_path, destination / process.log_path.name)

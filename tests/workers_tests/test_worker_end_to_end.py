@@ -19,6 +19,8 @@ from service.tenants import get_or_create_tenant
 from tests.workers_tests.conftest import submit
 from workers.worker import Worker
 
+pytestmark = pytest.mark.slow
+
 
 def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite_engine) -> None:
     tenant = get_or_create_tenant(sqlite_engine, "acme")
@@ -51,6 +53,8 @@ def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite
     with torch.inference_mode():
         assert model(splits.example_input(2)).shape == (2, 10)
     assert model.topiary_metadata["plan"] == job.best["plan"]
+    # How to feed it an image travels with it (README, "Feeding one image").
+    assert model.topiary_metadata["preprocessing"] == splits.preprocessing.to_metadata()
     kinds = [event.kind for event in list_events(sqlite_engine, job_id)]
     assert "trial" in kinds and "baseline" in kinds and "warm_start" in kinds
 

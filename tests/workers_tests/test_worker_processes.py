@@ -16,6 +16,8 @@ from service.tenants import get_or_create_tenant
 from tests.support import ChildProcess, program_environment, start_worker, wait_for
 from tests.workers_tests.conftest import make_settings, submit
 
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
 
 @pytest.fixture
 def postgres_pair(migrated_postgres_url: str, postgres_url: str) -> tuple[str, str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from core.catalog import list_architectures, list_datasets
-from service.api.deps import CurrentTenant
+from service.api.deps import CommittingRoute, CurrentTenant
 from service.api.schemas import ArchitecturePublic, DatasetPublic
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], route_class=CommittingRoute)
 
 
 @router.get("/architectures")

@@ -1,4 +1,8 @@
-"""/healthz (the process answers), /readyz (the database answers), /metrics (Prometheus)."""
+"""/healthz (the process answers), /readyz (the database answers), /metrics (Prometheus).
+
+``async`` with at most one hand-off to the thread pool each: probes come often. Who may
+read ``/metrics`` is the guard's decision (``TOPIARY_METRICS``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import EngineDep, SettingsDep
 from service.api.schemas import ErrorPublic, HealthPublic
@@ -18,23 +23,27 @@ logger = logging.getLogger(__name__)
 
 
 @router.get("/healthz")
-def healthz() -> HealthPublic:
+async def healthz() -> HealthPublic:
     return HealthPublic(status="ok")
 
 
 @router.get("/readyz", responses={503: {"model": ErrorPublic}})
-def readyz(engine: EngineDep) -> HealthPublic:
+async def readyz(engine: EngineDep) -> HealthPublic:
     """200 when our database answers, 503 while it does not."""
-    check_connection(engine)
+    await run_in_threadpool(check_connection, engine)
     return HealthPublic(status="ready")
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """Prometheus metrics; the job gauges are stale while the database is unreachable."""
     registry = request.app.state.metrics
-    try:
-        registry.refresh_from_database(engine, settings.lease_seconds)
-    except DatabaseError:
-        logger.warning("job gauges not refreshed: database unreachable")
-    return Response(registry.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    def read() -> bytes:
+        try:
+            registry.refresh_from_database(engine, settings.lease_seconds)
+        except DatabaseError:
+            logger.warning("job gauges not refreshed: database unreachable")
+        return registry.exposition()  # type: ignore[no-any-return]
+
+    return Response(await run_in_threadpool(read), media_type=CONTENT_TYPE_LATEST)

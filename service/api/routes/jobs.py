@@ -1,16 +1,27 @@
-"""/v1/jobs: submit, list, read and cancel jobs."""
+"""/v1/jobs: submit, list, read, cancel and delete jobs."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, BackgroundTasks, Query
 
 from service import jobs
-from service.api.deps import CommittingRoute, CurrentTenant, SessionDep, SettingsDep
+from service.api.deps import (
+    CommittingRoute,
+    CurrentTenant,
+    SessionDep,
+    SettingsDep,
+    StudyReaderDep,
+)
 from service.api.schemas import ErrorPublic, JobCreate, JobPublic, JobsPublic
-from service.jobs import JobStatus
+from service.config import Settings
+from service.errors import DatabaseError
+from service.jobs import JobStatus, RemovedJob
+from service.trials import StudyReader
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CommittingRoute)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorPublic, "description": "no such job for this tenant"}}
@@ -18,13 +29,15 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 @router.post("", status_code=201, responses={
     422: {"model": ErrorPublic, "description": "every bad field of the spec"},
-    429: {"model": ErrorPublic, "description": "the tenant's concurrent-job cap is reached"}})
+    429: {"model": ErrorPublic, "description": "the tenant's concurrent-job cap or daily "
+                                              "job quota is reached (see Retry-After)"}})
 def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
            settings: SettingsDep) -> JobPublic:
     """Queue a pruning job; the spec is checked completely before anything is stored."""
     assert settings.data_root is not None
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
-                          max_active_jobs=settings.max_concurrent_jobs_per_tenant)
+                          max_active_jobs=settings.max_concurrent_jobs_per_tenant,
+                          max_jobs_per_day=settings.max_jobs_per_day)
     return JobPublic.from_row(job)
 
 
@@ -40,9 +53,13 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 
 
 @router.get("/{job_id}", responses=NOT_FOUND)
-def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPublic:
-    """Status, phase, progress, baseline and best metrics, error."""
-    return JobPublic.from_row(jobs.get_job(session, job_id, tenant.id))
+def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
+             settings: SettingsDep) -> JobPublic:
+    """Status, phase, progress, baseline and best metrics, every limit beside its delivered
+    value, error; for a waiting job, what it waits for."""
+    job = jobs.get_job(session, job_id, tenant.id)
+    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds)
+    return JobPublic.from_row(job, waiting_for=waiting)
 
 
 @router.post("/{job_id}/cancel", responses={
@@ -51,3 +68,23 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> JobPu
     """Cancel now if no worker holds the job, else ask its workers to stop."""
     job = jobs.request_cancel(session, tenant.id, job_id)
     return JobPublic.from_row(job)
+
+
+@router.delete("/{job_id}", status_code=204, responses={
+    **NOT_FOUND, 409: {"model": ErrorPublic, "description": "the job has not ended"}})
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
+               reader: StudyReaderDep, background: BackgroundTasks) -> None:
+    """Delete a finished job, its log, its checkpoints and its trials."""
+    removed = jobs.delete_job(session, tenant.id, job_id)
+    # Once the deletion has committed (the route's thread commits as it returns).
+    background.add_task(_remove_outside_files, removed, settings, reader)
+
+
+def _remove_outside_files(removed: RemovedJob, settings: Settings, reader: StudyReader) -> None:
+    assert settings.artifact_dir is not None
+    jobs.remove_job_files(removed, settings.artifact_dir)
+    try:
+        reader.delete_study(removed.study_name)
+    except DatabaseError:
+        logger.warning("the trials of a deleted job stay in Optuna's database",
+                       extra={"job_id": removed.id, "study_name": removed.study_name})

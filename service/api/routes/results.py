@@ -45,9 +45,14 @@ def read_pareto(job_id: str, tenant: CurrentTenant, session: SessionDep,
     return _trials_public(job.id, job.study_name, pareto_front(reader.trials(job.study_name)))
 
 
-@router.get("/{job_id}/checkpoint", response_class=FileResponse, responses={
+CHECKPOINT_RESPONSES: dict[int | str, dict[str, Any]] = {
     **NOT_FOUND, 200: {"content": {"application/octet-stream": {}}},
-    304: {"description": "If-None-Match matched the checkpoint's sha256"}})
+    304: {"description": "If-None-Match matched the checkpoint's sha256"}}
+
+
+# HEAD too: a client (or a proxy) learns the size and ETag without the download.
+@router.head("/{job_id}/checkpoint", response_class=FileResponse, responses=CHECKPOINT_RESPONSES)
+@router.get("/{job_id}/checkpoint", response_class=FileResponse, responses=CHECKPOINT_RESPONSES)
 def download_checkpoint(
         job_id: str, tenant: CurrentTenant, session: SessionDep,
         checkpoint_format: Annotated[CheckpointFormat, Query(alias="format")] = "safetensors",

@@ -30,11 +30,16 @@ function renderSummary(job) {
   setStatusBadge(byId("job-status"), job.status);
   byId("job-id").textContent = job.id;
   byId("job-created").textContent = formatTime(job.created_at);
-  const device = job.baseline?.device_description || job.device_type;
-  byId("job-device").textContent = device ? ` · measured on ${device}` : "";
+  const device = job.device_model || job.baseline?.device_description || job.device_type;
+  const runtime = job.latency_runtime || "torch";
+  byId("job-device").textContent = device
+    ? ` · latency timed in ${runtime} on ${device}` : ` · latency timed in ${runtime}`;
   const cancelling = job.cancel_requested && !TERMINAL_STATUSES.has(job.status);
   byId("job-phase").textContent = [job.phase, cancelling ? "(cancel requested)" : null]
     .filter(Boolean).join(" ");
+  const waiting = byId("job-waiting");
+  waiting.hidden = !job.waiting_for;
+  waiting.textContent = job.waiting_for ? `Waiting: ${job.waiting_for}.` : "";
   const progress = progressOf(job);
   const bar = byId("job-progress");
   bar.max = Math.max(progress.total, 1);
@@ -85,6 +90,34 @@ function renderMetrics(job) {
   }
   body.replaceChildren(...rows.map(([label, values]) =>
     el("tr", {}, el("th", {}, label), ...values.map((v) => el("td", {}, v)))));
+}
+
+const LIMIT_UNITS = {
+  latency_ms: (v) => formatMs(v), memory_mb: (v) => formatMb(v), flops: (v) => formatCount(v),
+  params: (v) => formatCount(v),
+};
+
+function limitValue(limit, value) {
+  if (typeof value !== "number") return "";
+  return limit.name.endsWith("_ratio") ? `×${value.toFixed(3)}` : LIMIT_UNITS[limit.metric](value);
+}
+
+function renderLimits(job) {
+  const body = document.querySelector("#limits tbody");
+  const delivered = job.status === "succeeded" ? "delivered" : "best so far";
+  byId("limits-delivered").textContent = job.status === "failed" && job.best ? "closest" : delivered;
+  if (!job.limits.length) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 4, class: "muted" },
+      "this job has no limits")));
+    return;
+  }
+  body.replaceChildren(...job.limits.map((limit) => {
+    const verdict = limit.met === null ? "not measured yet"
+      : limit.met ? "met" : `missed by ${formatPercent(limit.missed_by)}`;
+    return el("tr", { "data-limit": limit.name, class: limit.met === false ? "missed" : "" },
+      el("th", {}, limit.name), el("td", {}, limitValue(limit, limit.limit)),
+      el("td", {}, limitValue(limit, limit.delivered)), el("td", {}, verdict));
+  }));
 }
 
 function renderTradeoff(job, trials, front) {
@@ -168,6 +201,7 @@ async function refresh() {
     byId("job").hidden = false;
     renderSummary(job);
     renderMetrics(job);
+    renderLimits(job);
     renderTradeoff(job, trials.data, front.data);
     renderChannels(job);
     renderDownloads(job);

@@ -1,0 +1,112 @@
+"""Per-key request rates, counted by the `limits` library in a store the API processes share.
+
+``TOPIARY_RATE_LIMIT_STORAGE`` names the store as a `limits` URI: ``redis://host:6379/0``
+(what docker-compose.yml runs), or any other storage `limits` knows (memcached,
+MongoDB). Unset, the counters live in the memory of the one API process the
+embedded deployment runs; ``topiary serve --processes N`` without a shared store
+gives each process 1/N of every limit (a key that reaches one process sees at most
+its share), so the whole server never allows more than the configured rate.
+PostgreSQL is not used as the store on purpose: a counter write per request would
+cost more than the request it limits.
+
+Fixed windows (``limits``' cheapest strategy): a key may spend each limit's whole
+amount at the start of a window. Responses carry ``RateLimit-Limit``,
+``RateLimit-Remaining`` and ``RateLimit-Reset`` of the limit nearest to running out,
+and a refusal also ``Retry-After``. When the shared store does not answer, requests
+pass (logged at most once a minute): the per-tenant quotas in the database still hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
+
+from service.config import Settings
+
+logger = logging.getLogger(__name__)
+_WARN_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """One request counted: whether it may pass, and the headers that say where it stands."""
+
+    allowed: bool
+    headers: dict[str, str]
+    retry_after: int = 0
+
+
+def _async_uri(uri: str) -> str:
+    return uri if uri.startswith("async+") else f"async+{uri}"
+
+
+def _share(item: RateLimitItem, processes: int) -> RateLimitItem:
+    """``item`` with 1/``processes`` of its amount (at least 1)."""
+    if processes <= 1:
+        return item
+    return type(item)(max(1, math.ceil(item.amount / processes)), item.multiples,
+                      item.namespace)
+
+
+class RequestRates:
+    """Counts each API key's requests against ``Settings.rate_limit``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.storage_uri = settings.rate_limit_storage.strip()
+        processes = 1 if self.storage_uri else settings.api_processes
+        self.items = [_share(item, processes) for item in parse_many(settings.rate_limit)]
+        self.policy = ", ".join(f"{item.amount};w={item.get_expiry()}" for item in self.items)
+        self._limiter: FixedWindowRateLimiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned_at = -_WARN_EVERY_SECONDS
+
+    def _storage(self) -> Storage:
+        if not self.storage_uri:
+            return MemoryStorage()
+        storage = storage_from_string(_async_uri(self.storage_uri),
+                                      **({"implementation": "redispy"}
+                                         if "redis" in self.storage_uri.split(":", 1)[0]
+                                         else {}))
+        assert isinstance(storage, Storage)
+        return storage
+
+    def _current_limiter(self) -> FixedWindowRateLimiter:
+        # The storages hold asyncio locks and connections of the loop that made them.
+        loop = asyncio.get_running_loop()
+        if self._limiter is None or self._loop is not loop:
+            self._limiter, self._loop = FixedWindowRateLimiter(self._storage()), loop
+        return self._limiter
+
+    async def hit(self, identity: str) -> RateDecision:
+        """Count one request of ``identity`` (an API key's hash) against every limit."""
+        limiter = self._current_limiter()
+        try:
+            allowed = [await limiter.hit(item, identity) for item in self.items]
+            stats = [await limiter.get_window_stats(item, identity) for item in self.items]
+        except Exception as error:  # noqa: BLE001 - the store's own errors: fail open
+            now = time.monotonic()
+            if now - self._warned_at >= _WARN_EVERY_SECONDS:
+                self._warned_at = now
+                logger.warning("rate limits not enforced: the rate-limit store does not "
+                               "answer (%s: %s)", type(error).__name__, error)
+            return RateDecision(True, {})
+        now_epoch = time.time()
+        # The binding limit: a refused one, else the one with the least left.
+        index = min(range(len(self.items)),
+                    key=lambda i: (allowed[i], stats[i].remaining))
+        reset = max(1, math.ceil(stats[index].reset_time - now_epoch))
+        headers = {"RateLimit-Limit": str(self.items[index].amount),
+                   "RateLimit-Remaining": str(stats[index].remaining),
+                   "RateLimit-Reset": str(reset),
+                   "RateLimit-Policy": self.policy}
+        if all(allowed):
+            return RateDecision(True, headers)
+        return RateDecision(False, headers, retry_after=reset)
