@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from typing import Any
 
 import torch
 
@@ -38,13 +39,16 @@ GOAL = 0.935
 
 def all_training_images(splits: DataSplits) -> DataSplits:
     """train, val and calibration together: the 60,000 images of the training files."""
-    parts = [splits.train, splits.val, splits.calibration]
-    assert all(isinstance(part, TensorImages) for part in parts)
-    assert splits.preprocessing is not None
-    train = TensorImages(torch.cat([part.images for part in parts]),  # type: ignore[union-attr]
-                         torch.cat([part.labels for part in parts]),  # type: ignore[union-attr]
-                         splits.preprocessing)
+    parts = [part for part in (splits.train, splits.val, splits.calibration)
+             if isinstance(part, TensorImages)]
+    assert len(parts) == 3 and splits.preprocessing is not None
+    train = TensorImages(torch.cat([part.images for part in parts]),
+                         torch.cat([part.labels for part in parts]), splits.preprocessing)
     return dataclasses.replace(splits, train=train)
+
+
+def _count(dataset: Any) -> int:
+    return len(dataset)
 
 
 def main() -> None:
@@ -85,7 +89,7 @@ def main() -> None:
                          device=options.device)
     assert splits.preprocessing is not None
     preset = splits.preprocessing
-    print(f"cifar_resnet20 (width {options.width}) on Fashion-MNIST, {len(splits.train)} "
+    print(f"cifar_resnet20 (width {options.width}) on Fashion-MNIST, {_count(splits.train)} "
           f"training images at {preset.image_size}x{preset.image_size}, augmentation "
           f"{preset.augmentation} (padding {preset.padding}) + flip {preset.flip}; "
           f"{dataclasses.asdict(config)}", flush=True)
@@ -104,7 +108,7 @@ def main() -> None:
     train_model(model, splits, config, callback=report, eval_split=None)
     accuracy = evaluate(model, splits, "test", options.device)
     verdict = "meets" if accuracy >= GOAL else "misses"
-    print(f"\ntest accuracy {accuracy:.4f} on {len(splits.test)} official test images; "
+    print(f"\ntest accuracy {accuracy:.4f} on {_count(splits.test)} official test images; "
           f"{verdict} the goal of {GOAL:.3f}; {(time.perf_counter() - started) / 60:.1f} min",
           flush=True)
     if options.save:

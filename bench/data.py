@@ -36,13 +36,14 @@ import time
 from collections.abc import Callable
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from core.spec import PreprocessingSpec
 from models.architectures import build_model
-from models.data import TensorImages, default_loader_workers
+from models.data import TensorImages, default_loader_workers, unwrap_subsets
 from models.datasets import DataSplits, load_dataset
 from models.train import TrainConfig, evaluate, train_model
 
@@ -93,12 +94,23 @@ def write_image_folder(root: Path, images: int, width: int, height: int, kind: s
     return root
 
 
+def every_training_image(splits: DataSplits) -> DataSplits:
+    """The splits with train = all of the ImageFolder's train/ (val and calibration
+    carved out of it included), as the in-memory copy holds them."""
+    files, _rows = unwrap_subsets(splits.train)
+    return dataclasses.replace(splits, train=files)
+
+
+def _count(dataset: Any) -> int:
+    return len(dataset)
+
+
 def decoded_in_memory(files: DataSplits, device: str) -> DataSplits:
     """The same training images decoded once (resized and centre-cropped as evaluation
     does) and held as one uint8 tensor, augmented on ``device`` like any in-memory split."""
     loader = torch.utils.data.DataLoader(
         files.train, batch_size=256, num_workers=default_loader_workers(device),
-        sampler=[(index, None) for index in range(len(files.train))])
+        sampler=[(index, None) for index in range(_count(files.train))])
     pixels, labels = zip(*loader, strict=True)
     assert files.preprocessing is not None
     train = TensorImages(torch.cat(pixels), torch.cat(labels), files.preprocessing).to(device)
@@ -120,7 +132,7 @@ def images_per_second(splits: DataSplits, arch: str, batch_size: int, device: st
     train_model(model, splits, TrainConfig(epochs=epochs, batch_size=batch_size, device=device,
                                            learning_rate=0.01),
                 callback=at_epoch_end, eval_split=None)
-    trained = (len(splits.train) // batch_size) * batch_size * (epochs - 1)
+    trained = (_count(splits.train) // batch_size) * batch_size * (epochs - 1)
     return trained / (ends[-1] - ends[0])
 
 
@@ -140,16 +152,16 @@ def throughput(options: argparse.Namespace, root: Path) -> None:
     write_image_folder(root, options.images, 32, 32, options.format, os.cpu_count() or 1)
     default = default_loader_workers(device)
     counts = sorted({0, 1, 2, default})
-    files = {workers: load_dataset("imagefolder", image_size=32, root=root, seed=0,
-                                   loader_workers=workers) for workers in counts}
-    for splits in files.values():
-        splits.train = splits.train.dataset  # every training image, as in memory
+    files = {workers: every_training_image(load_dataset(
+        "imagefolder", image_size=32, root=root, seed=0, loader_workers=workers))
+        for workers in counts}
     memory = decoded_in_memory(files[0], device)
-    settings: dict[str, Callable[[], float]] = {
-        f"files, {workers} workers{' (default)' if workers == default else ''}":
-            (lambda splits=splits: images_per_second(splits, "cifar_resnet20",
-                                                     options.batch_size, device))
-        for workers, splits in files.items()}
+
+    def run(splits: DataSplits) -> Callable[[], float]:
+        return lambda: images_per_second(splits, "cifar_resnet20", options.batch_size, device)
+
+    settings = {f"files, {workers} workers{' (default)' if workers == default else ''}":
+                run(splits) for workers, splits in files.items()}
     settings["in memory (limit)"] = lambda: images_per_second(memory, "cifar_resnet20",
                                                               options.batch_size, device)
     print(f"cifar_resnet20, 32x32, {options.images} {options.format.upper()} images, batch "
@@ -175,7 +187,8 @@ def augmentation(options: argparse.Namespace) -> None:
                              reference_batch_size=64, warmup_epochs=min(1.0, options.epochs / 5),
                              device=options.device)
         train_model(model, splits, config, eval_split=None)
-        rows.append([label, str(options.epochs), str(len(splits.train)), str(len(splits.test)),
+        rows.append([label, str(options.epochs), str(_count(splits.train)),
+                     str(_count(splits.test)),
                      f"{evaluate(model, splits, 'test', options.device):.4f}",
                      f"{time.perf_counter() - started:.0f}"])
     print(f"cifar_resnet20 on Fashion-MNIST ({options.root}), 28x28, equal epochs; accuracy on "
@@ -193,8 +206,8 @@ def gpu_profile(options: argparse.Namespace, root: Path) -> None:
     write_image_folder(root, options.images, 500, 375, "jpeg", cores)
     written = time.perf_counter() - started
     default = default_loader_workers(device)
-    files = load_dataset("imagefolder", image_size=224, root=root, seed=0).to_device(device)
-    files.train = files.train.dataset
+    files = every_training_image(
+        load_dataset("imagefolder", image_size=224, root=root, seed=0).to_device(device))
     memory = decoded_in_memory(files, device)
     half = dataclasses.replace(files, loading=dataclasses.replace(files.loading,
                                                                   workers=max(1, default // 2)))

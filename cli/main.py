@@ -46,6 +46,7 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
 
     from service.api.app import create_app
     from service.api.metrics import MULTIPROCESS_DIR_VARIABLE, fresh_metrics_dir
+    from service.api.server import uvicorn_options
     from service.db import migrate
 
     settings = get_settings()
@@ -60,21 +61,20 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
         errors.print(f"[red]refusing to start:[/red] {error}")
         raise typer.Exit(code=2) from error
     configure_logging(settings.log_level)
+    os.umask(0o077)  # the database, uploads and logs it creates are its user's alone
     settings.ensure_directories()
     migrate(settings.database_url)
     logger.info("serving", extra={"host": settings.host, "port": settings.port,
                                   "auth": settings.auth, "processes": settings.api_processes})
     if settings.api_processes == 1:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_config=None, access_log=False)
+        uvicorn.run(create_app(settings), **uvicorn_options(settings))
         return
     # Each process builds its own app from the environment: hand it this command's options.
     os.environ.update({"TOPIARY_HOST": settings.host, "TOPIARY_PORT": str(settings.port),
                        "TOPIARY_API_PROCESSES": str(settings.api_processes),
                        MULTIPROCESS_DIR_VARIABLE: str(fresh_metrics_dir(settings.home))})
     uvicorn.run("service.api.app:create_app_from_environment", factory=True,
-                workers=settings.api_processes, host=settings.host, port=settings.port,
-                log_config=None, access_log=False)
+                workers=settings.api_processes, **uvicorn_options(settings))
 
 
 @app.command()

@@ -19,6 +19,59 @@ PLUGIN_GROUP = "topiary.architectures"
 
 
 @dataclass(frozen=True)
+class ArgumentRule:
+    """What one builder argument may be: its type, and its range or its choices.
+
+    Attributes:
+        type: ``int`` or ``bool`` (JSON's ``true`` is no int here, nor ``3.0``).
+        minimum: smallest allowed int.
+        maximum: largest allowed int.
+        choices: the only allowed values, when they are few.
+    """
+
+    type: str
+    minimum: int | None = None
+    maximum: int | None = None
+    choices: tuple[int, ...] | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None when it is."""
+        if self.type == "bool":
+            return None if isinstance(value, bool) else "must be true or false"
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "must be an integer"
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(map(str, self.choices))}"
+        if self.minimum is not None and value < self.minimum:
+            return f"must be at least {self.minimum}"
+        if self.maximum is not None and value > self.maximum:
+            return f"must be at most {self.maximum}"
+        return None
+
+
+IN_CHANNELS = ArgumentRule("int", choices=(1, 3))
+SMALL_INPUT = ArgumentRule("bool")
+#: What a plugin's arguments may be, its builder's own rules being unknown here:
+#: at most this many, each a JSON scalar (strings up to PLUGIN_STRING_LENGTH).
+PLUGIN_ARGUMENTS = 32
+PLUGIN_STRING_LENGTH = 200
+
+
+def plugin_argument_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a plugin's builder argument, or None when it can."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return None if abs(value) <= 2**31 else "must be an integer within +-2**31"
+    if isinstance(value, float):
+        return None if abs(value) <= 1e12 else "must be a number within +-1e12"
+    if isinstance(value, str):
+        return (None if len(value) <= PLUGIN_STRING_LENGTH
+                else f"must be at most {PLUGIN_STRING_LENGTH} characters")
+    return "must be a number, a string, true, false or null (no lists or objects)"
+
+
+@dataclass(frozen=True)
 class ArchitectureInfo:
     """One buildable architecture.
 
@@ -29,6 +82,8 @@ class ArchitectureInfo:
             (unknown, so empty and unchecked, for plugins).
         default_input_size: the image side the architecture was designed for.
         family: ``cifar_resnet``, ``vgg``, ``torchvision``, or ``plugin``.
+        argument_rules: the type and range of each argument a spec may set (every
+            argument but ``num_classes``, which ``model.num_classes`` sets).
     """
 
     name: str
@@ -36,6 +91,7 @@ class ArchitectureInfo:
     arguments: dict[str, Any]
     default_input_size: int
     family: str
+    argument_rules: dict[str, ArgumentRule] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +153,9 @@ def _cifar_resnet(depth: int) -> ArchitectureInfo:
         arguments={"num_classes": 10, "width": 16, "in_channels": 3},
         default_input_size=32,
         family="cifar_resnet",
+        # width: channels of the first stage (the last has 4x); 128 is ResNet-18-sized.
+        argument_rules={"width": ArgumentRule("int", minimum=4, maximum=128),
+                        "in_channels": IN_CHANNELS},
     )
 
 
@@ -107,6 +166,7 @@ def _vgg(depth: int) -> ArchitectureInfo:
         arguments={"num_classes": 10, "in_channels": 3},
         default_input_size=32,
         family="vgg",
+        argument_rules={"in_channels": IN_CHANNELS},
     )
 
 
@@ -117,6 +177,7 @@ def _torchvision(name: str, description: str) -> ArchitectureInfo:
         arguments={"num_classes": 1000, "small_input": False, "in_channels": 3},
         default_input_size=224,
         family="torchvision",
+        argument_rules={"small_input": SMALL_INPUT, "in_channels": IN_CHANNELS},
     )
 
 

@@ -225,7 +225,7 @@ class Delivery:
         """The next plan to try: the best, then after a miss the best remaining plan whose
         trial measured less than the missed plan on every limit it missed (a different
         architecture), while fallbacks are left; None when none is."""
-        tried = {attempt.trial.number for attempt in self.attempts}
+        tried = set(self.tried())
         if len(tried) > MAX_FALLBACKS:
             return None
         for trial in self._ranked:
@@ -248,6 +248,10 @@ class Delivery:
                     return False
         return True
 
+    def tried(self) -> list[int]:
+        """The trials whose plans were tried, in order."""
+        return list(dict.fromkeys(attempt.trial.number for attempt in self.attempts))
+
     def missed(self, record: Mapping[str, Any]) -> dict[str, float]:
         """The limits ``record`` misses: name -> ``value / limit - 1`` (> 0)."""
         return {name: value for name, value in violations(self.limits, record).items()
@@ -266,9 +270,10 @@ class Delivery:
             self.spec.objective.constraints, self.baseline, record)]
 
     def closest(self) -> Attempt | None:
-        """The attempt that missed by the least (its worst-missed limit)."""
-        return min(self.attempts, key=lambda attempt: max(attempt.missed.values(), default=0.0),
-                   default=None)
+        """Of the attempts that missed, the one that missed by the least (its worst-missed
+        limit); a plan's network may pass and its delivered file miss."""
+        return min((attempt for attempt in self.attempts if attempt.missed),
+                   key=lambda attempt: max(attempt.missed.values()), default=None)
 
     def miss_message(self) -> str:
         """Why nothing is delivered: by how much the closest plan missed, against which
@@ -282,7 +287,7 @@ class Delivery:
             if standing["met"] is False:
                 parts.append(f"{standing['name']} {standing['limit']:g}: delivered "
                              f"{standing['delivered']:.4g}, {standing['missed_by']:.1%} over")
-        tried = ", ".join(str(attempt.trial.number) for attempt in self.attempts)
+        tried = ", ".join(str(number) for number in self.tried())
         runs = int(closest.record.get("latency_runs", 0))
         return (f"the final model misses its limit when re-timed side by side with the "
                 f"baseline in {runtime} ({runs} passes each): {'; '.join(parts)}; plans of "

@@ -5,10 +5,11 @@ the pruned but not yet fine-tuned network, and a plan that breaks a hard
 limit is recorded as infeasible without being fine-tuned.
 
 Costs are measured as ``search.costs`` measures them: when latency counts (a
-latency limit, or the weighted and pareto modes), a trial's network is timed
-side by side with the unpruned one, a plan that breaks only a latency limit is
-timed once more, and a network the study already knows (an earlier trial, or
-seeding's timing of a warm-start plan) reuses its latency.
+latency limit, or the weighted and pareto modes) or the spec names an exported
+runtime (``latency.runtime``), a trial's network is timed side by side with the
+unpruned one in that runtime, a plan that breaks only a latency limit is timed
+once more, and a network the study already knows (an earlier trial, or seeding's
+timing of a warm-start plan) reuses its latency.
 """
 
 from __future__ import annotations

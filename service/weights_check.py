@@ -34,11 +34,13 @@ MIN_RATIO_CHECKED_BYTES = 1024 * 1024  # below it, any ratio (small pickles defl
 MAX_SCAN_SECONDS = 2.0
 MAX_STACK = 200_000
 MAX_MEMO = 500_000
-MAX_ZIP_ENTRIES = 200_000
+MAX_ZIP_ENTRIES = 50_000
 _CHUNK = 64 * 1024
 _ENCRYPTED = 0x1
 _ACCEPTED_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 _END_RECORD_MAGIC = b"PK\x05\x06"
+_ZIP64_LOCATOR_MAGIC = b"PK\x06\x07"
+_ZIP64_END_RECORD_MAGIC = b"PK\x06\x06"
 _END_RECORD_SEARCH = 22 + 65535  # the record and the longest comment after it
 _MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"})
 _MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
@@ -238,27 +240,32 @@ def _read_bounded(archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> bytes:
 
 def _central_directory_entries(path: Path) -> int:
     """How many entries the zip's end record announces (read before ``ZipFile`` lists
-    them all into memory).
+    them all into memory), from its zip64 record when it has one.
 
     Raises:
         InvalidUploadError: no end record, or more entries than ``MAX_ZIP_ENTRIES``.
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
-        handle.seek(max(0, size - _END_RECORD_SEARCH))
+        start = max(0, size - _END_RECORD_SEARCH)
+        handle.seek(start)
         tail = handle.read()
-    at = tail.rfind(_END_RECORD_MAGIC)
-    if at < 0 or len(tail) - at < 22:
-        raise InvalidUploadError("the zip file is damaged or truncated (no end record); "
-                                 "upload it again")
-    entries, directory_size = struct.unpack("<HI", tail[at + 10:at + 16])
-    # 0xFFFF / 0xFFFFFFFF: a zip64 file, whose real counts are elsewhere: bound by size.
-    if entries > MAX_ZIP_ENTRIES or (entries == 0xFFFF and directory_size
-                                     > MAX_ZIP_ENTRIES * 64):
+        at = tail.rfind(_END_RECORD_MAGIC)
+        if at < 0 or len(tail) - at < 22:
+            raise InvalidUploadError("the zip file is damaged or truncated (no end record); "
+                                     "upload it again")
+        entries, directory_size = struct.unpack("<HI", tail[at + 10:at + 16])
+        locator = tail[at - 20:at] if at >= 20 else b""
+        if locator[:4] == _ZIP64_LOCATOR_MAGIC:
+            (record_at,) = struct.unpack("<Q", locator[8:16])
+            handle.seek(record_at)
+            record = handle.read(56)
+            if record[:4] != _ZIP64_END_RECORD_MAGIC or len(record) < 56:
+                raise InvalidUploadError("the zip file is damaged (zip64 end record)")
+            entries, directory_size = struct.unpack("<QQ", record[32:48])
+    if entries > MAX_ZIP_ENTRIES or directory_size > MAX_ZIP_ENTRIES * 1024:
         raise InvalidUploadError(f"the zip holds more than {MAX_ZIP_ENTRIES} entries; a "
                                  "state dict saved by torch.save has one per tensor storage")
-    if directory_size != 0xFFFFFFFF and directory_size > MAX_ZIP_ENTRIES * 512:
-        raise InvalidUploadError("the zip's directory is larger than any state dict's")
     return int(entries)
 
 

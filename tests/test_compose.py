@@ -121,6 +121,43 @@ def test_api_requires_keys_and_workers_reserve_a_gpu_and_scale(compose) -> None:
     assert "replicas" not in worker.get("deploy", {})
 
 
+def test_a_reverse_proxy_with_request_timeouts_is_the_only_way_in(compose) -> None:
+    services = compose["services"]
+    api, proxy = services["api"], services["proxy"]
+    assert "ports" not in api and api["expose"] == ["8000"]
+    assert proxy["image"].startswith("nginx:")
+    assert [port.split(":")[-1] for port in proxy["ports"]] == ["8080"]
+    assert proxy["depends_on"]["api"]["condition"] == "service_healthy"
+    mounted = {config["source"]: config["target"] for config in proxy["configs"]}
+    assert mounted["proxy-config"] == "/etc/nginx/conf.d/default.conf"
+    # Compose reads `$$` as one `$`.
+    config = compose["configs"]["proxy-config"]["content"].replace("$$", "$")
+    server_level = config[:config.index("location")]
+    settings = dict(re.findall(r"^\s*(\w+)\s+([^;{]+);", server_level, re.MULTILINE))
+    for timeout in ("client_header_timeout", "client_body_timeout", "send_timeout",
+                    "keepalive_timeout", "proxy_read_timeout", "proxy_send_timeout"):
+        assert re.fullmatch(r"\d+s", settings[timeout]), timeout
+        assert int(settings[timeout][:-1]) <= 60, timeout
+    assert "proxy_pass http://topiary_api;" in config and "server api:8000;" in config
+    assert "limit_req zone=per_address" in config and "limit_req_zone $binary_remote_addr" in config
+    # Uploads stream through, so the API refuses a bad key before their body; only event
+    # streams may stay open past the read timeout.
+    uploads = config[config.index("location = /v1/weights"):]
+    assert "proxy_request_buffering off;" in uploads[:uploads.index("}")]
+    events = config[config.index("location ~ ^/v1/jobs/[^/]+/events$"):]
+    assert "proxy_buffering off;" in events[:events.index("}")]
+    assert "return 404;" in config[config.index("location = /metrics"):]
+
+
+def test_every_api_process_counts_rates_in_the_shared_redis(compose) -> None:
+    services = compose["services"]
+    url = environment(services["api"])["TOPIARY_RATE_LIMIT_STORAGE"]
+    assert url.startswith("redis://redis:")
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:") and "ping" in redis["healthcheck"]["test"]
+    assert services["api"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
 def requirement_pins(lines: list[str]) -> dict[str, str]:
     pins = {}
     for line in lines:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -14,6 +15,7 @@ def main() -> None:
     parser.add_argument("--exit-when-idle", action="store_true",
                         help="stop when no job is left")
     arguments = parser.parse_args()
+    os.umask(0o077)  # checkpoints and caches it writes are its user's alone
     from workers.worker import main as run_worker
 
     sys.exit(run_worker(arguments.device, arguments.threads, arguments.exit_when_idle))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+from core.spec import JobSpec
 from models.importance import ScoreCache, cached_score, dataset_identity
 from models.plan import prunable_groups, removable_blocks
 from search.objective import SearchContext, channel_chooser
@@ -9,6 +12,15 @@ from search.space import SearchSpace
 from service.jobs import get_job
 from workers.baseline import baseline_model
 from workers.runtime import JobRun, WorkerRuntime
+
+
+def scored_dataset(spec: JobSpec) -> str:
+    """The dataset part of an importance-score cache key: name, size, seed, and what
+    changes the images a scorer sees (the root and the preprocessing)."""
+    preprocessing = json.dumps(spec.dataset.preprocessing.model_dump(mode="json"),
+                               sort_keys=True)
+    return dataset_identity(spec.dataset.name, spec.image_size(), spec.seed,
+                            root=f"{spec.dataset.root or ''}|{preprocessing}")
 
 
 def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
@@ -26,7 +38,7 @@ def search_context(runtime: WorkerRuntime, run: JobRun) -> SearchContext:
     blocks = removable_blocks(model, example)
     factory = channel_chooser(spec.search.channel_importance, lambda method: cached_score(
         ScoreCache(run.files.scores), model, splits, method,
-        dataset_identity(spec.dataset.name, spec.image_size(), spec.seed), groups, blocks))
+        scored_dataset(spec), groups, blocks))
     baseline = dict(get_job(runtime.engine, run.job.id).baseline or {})
     return SearchContext(spec=spec, model=model, splits=splits,
                          space=SearchSpace.from_spec(groups, blocks, spec.search,

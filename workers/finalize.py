@@ -111,7 +111,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
         return False
     metrics = _final_metrics(runtime, context, model, record)
     metrics["limits"] = delivery.standings(metrics)
-    metrics["plans_tried"] = [attempt.trial.number for attempt in delivery.attempts]
+    metrics["plans_tried"] = delivery.tried()
     runtime.phase(run, "exporting safetensors, torch.export and TorchScript")
     _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
     best = {**metrics, "trial": trial.number, "plan": plan.to_dict()}
@@ -146,7 +146,7 @@ def _fail_with_miss(runtime: WorkerRuntime, run: JobRun, delivery: Delivery) -> 
         record = {"accuracy": closest.trial.record.accuracy, **closest.record}
         best = {**record, "trial": closest.trial.number, "plan": closest.trial.plan,
                 "limits": delivery.standings(record),
-                "plans_tried": [attempt.trial.number for attempt in delivery.attempts]}
+                "plans_tried": delivery.tried()}
     transition(runtime.engine, run.job.id, JobStatus.FAILED, worker_id=runtime.worker_id,
                error_code=LIMIT_MISSED, error_message=delivery.miss_message(), best=best)
 

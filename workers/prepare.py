@@ -8,7 +8,7 @@ the study (enqueued plans are not queued twice) are all reused.
 
 from __future__ import annotations
 
-from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
+from models.importance import ImportanceScores, ScoreCache, cached_score
 from models.plan import prunable_groups, removable_blocks
 from search.costs import LatencyCache
 from search.objective import latency_counts, measure_baseline
@@ -18,6 +18,7 @@ from search.storage import open_storage
 from search.study import enqueue_plans, open_study, study_name_for
 from service.jobs import JobStatus, set_baseline, set_study_name, transition
 from workers.baseline import baseline_model
+from workers.context import scored_dataset
 from workers.runtime import JobRun, WorkerRuntime
 
 
@@ -42,14 +43,16 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
                     "groups": [{"name": g.name, "channels": g.channels, "block": g.block}
                                for g in groups],
                     "blocks": [block.name for block in blocks]}
-        # A job whose limits or objective time latency keeps every timing on this model.
+        # A job whose limits or objective time latency here (not on a latency agent) keeps
+        # every timing on this device model.
+        timed_here = latency_counts(spec) and spec.latency.target is None
         set_baseline(runtime.engine, job.id, baseline, device_type=runtime.device.type,
-                     device_model=runtime.device.description if latency_counts(spec) else None)
+                     device_model=runtime.device.description if timed_here else None)
         runtime.event(run, "baseline", f"baseline accuracy {baseline['accuracy']:.3f}, "
                       f"latency {baseline['latency_ms']:.2f} ms in {spec.latency.runtime} on "
                       f"{runtime.device.description}, {baseline['flops']:.3g} MACs", baseline)
     cache = ScoreCache(run.files.scores)
-    dataset = dataset_identity(spec.dataset.name, spec.image_size(), spec.seed)
+    dataset = scored_dataset(spec)
     scores: dict[str, ImportanceScores] = {}
     for method in spec.search.warm_start:
         runtime.phase(run, f"scoring filters and blocks with {method}")

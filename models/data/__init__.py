@@ -13,6 +13,7 @@ from models.data.loaders import (
     TensorImages,
     default_loader_workers,
     make_batches,
+    unwrap_subsets,
 )
 from models.data.presets import Preprocessing, preprocess_image, resolve_preprocessing
 
@@ -28,4 +29,5 @@ __all__ = [
     "read_idx",
     "read_idx_split",
     "resolve_preprocessing",
+    "unwrap_subsets",
 ]

@@ -140,7 +140,7 @@ class ApiGuardMiddleware:
         if area == _METRICS:
             if self.settings.metrics == "off":
                 raise NotFoundError("metrics are off on this server (TOPIARY_METRICS)")
-            if self.settings.metrics == "key":
+            if self.settings.metrics == "key" and self.settings.auth == "key":
                 await self._authenticate_now(scope, state)
         elif area == _DOCS and self.settings.docs != "public":
             if self.settings.docs == "off":
@@ -152,7 +152,8 @@ class ApiGuardMiddleware:
                     raise NotFoundError("the API documentation is served to this machine "
                                         "only (TOPIARY_DOCS=loopback); /openapi.json answers "
                                         "any valid key")
-                await self._authenticate_now(scope, state)
+                if self.settings.auth == "key":
+                    await self._authenticate_now(scope, state)
         return []
 
     async def _admit_api(self, scope: Scope, state: dict[str, Any]) -> list[tuple[bytes, bytes]]:

@@ -20,10 +20,12 @@ JobCreate = JobSpec
 
 
 class ErrorPublic(BaseModel):
-    """Every error response: a stable code and what to do about it."""
+    """Every error response: a stable code and what to do about it (a server failure names
+    the request id under which the server logged it)."""
 
     code: str
     detail: str | list[dict[str, Any]]
+    request_id: str | None = None
 
 
 class JobError(BaseModel):
@@ -77,7 +79,8 @@ class JobPublic(BaseModel):
         return cls(id=job.id, name=job.name, status=JobStatus(job.status), phase=job.phase,
                    attempts=job.attempts, cancel_requested=job.cancel_requested,
                    device_type=job.device_type, device_model=job.device_model,
-                   latency_runtime=job.latency_runtime or "torch", waiting_for=waiting_for,
+                   latency_runtime=job.spec.get("latency", {}).get("runtime", "torch"),
+                   waiting_for=waiting_for,
                    limits=_limits(job), created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at,
                    progress=_progress(job), baseline=job.baseline, best=job.best,
@@ -154,6 +157,8 @@ class ArchitecturePublic(BaseModel):
     arguments: dict[str, Any]
     default_input_size: int
     family: str
+    argument_rules: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="type and range of each argument a spec may set")
 
 
 class DatasetPublic(BaseModel):

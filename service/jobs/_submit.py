@@ -56,6 +56,12 @@ def requested_device_type(spec: JobSpec) -> str | None:
     return spec.latency.required_device_type()
 
 
+def worker_runtime(spec: JobSpec) -> str:
+    """The latency runtime a worker must have to take the job: the spec's, or torch alone
+    when a latency agent times it (``latency.target``: the worker only exports)."""
+    return spec.latency.runtime if spec.latency.target is None else "torch"
+
+
 def _nul_characters(value: Any, location: list[str | int]) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return ([{"loc": location, "msg": "contains a NUL character", "type": "nul_character"}]
@@ -147,7 +153,7 @@ def _submit(session: Session, tenant_id: int, spec: JobSpec, data_root: Path,
     now = utcnow()
     values = {"id": new_id(), "tenant_id": tenant_id, "name": spec.name, "spec": dumped,
               "status": JobStatus.QUEUED.value, "device_request": requested_device_type(spec),
-              "latency_runtime": spec.latency.runtime,
+              "latency_runtime": worker_runtime(spec),
               "attempts": 0, "cancel_requested": False, "created_at": now, "updated_at": now}
     connection = write_connection(session)
     connection.execute(_INSERT_JOB, values)

@@ -67,8 +67,8 @@ class Job(Base):
     device_request: Mapped[str | None] = mapped_column(String(16))
     # Device type the baseline was measured on; trials must run on the same type.
     device_type: Mapped[str | None] = mapped_column(String(16))
-    # The runtime the spec times latency in (latency.runtime); only workers that have it
-    # claim the job.
+    # The latency runtime a worker needs to claim the job: latency.runtime, or torch when
+    # a latency agent (latency.target) times it.
     latency_runtime: Mapped[str] = mapped_column(String(16), default="torch",
                                                  server_default="torch")
     # Device model (GPU name, or CPU model and threads) the baseline's latency was timed

@@ -41,7 +41,7 @@ def test_submit_read_and_list(api: Api) -> None:
 
 
 def test_invalid_spec_lists_every_bad_field(api: Api) -> None:
-    spec = spec_json(model={"arch": "resnet9000"}, dataset={"name": "mnist"},
+    spec = spec_json(model={"arch": "resnet9000"}, dataset={"name": "emnist"},
                      objective={"mode": "constrained", "constraints": {"max_latency_ratio": 1.5}},
                      search={"n_trials": 0}, surprise=True)
     response = api.client.post("/v1/jobs", json=spec)

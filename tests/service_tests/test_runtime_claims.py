@@ -73,7 +73,8 @@ def test_openvino_and_tensorrt_fix_the_device_type(engine: Engine,
     # No worker can time in TensorRT: the job waits, and says why.
     reason = waiting_for(engine, get_job(engine, tensorrt), within_seconds=60)
     assert reason is not None
-    assert "tensorrt latency runtime" in reason and "no Topiary worker can time in TensorRT yet" in reason
+    assert "tensorrt latency runtime" in reason
+    assert "no Topiary worker can time in TensorRT yet" in reason
 
 
 def test_trials_of_a_timed_job_run_on_the_device_model_of_its_baseline(

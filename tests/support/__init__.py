@@ -26,7 +26,6 @@ from tests.support._launch import (
 from tests.support._postgres import (
     admin_url,
     create_database,
-    database_url,
     drop_database,
     postgres_answers,
     postgres_unavailable,
@@ -59,7 +58,6 @@ __all__ = [
     "copy_postgres",
     "copy_sqlite",
     "create_database",
-    "database_url",
     "drop_database",
     "free_port",
     "migrated_postgres_template",

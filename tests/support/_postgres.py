@@ -46,7 +46,7 @@ def _admin_engine(url: str) -> Engine:
     return create_engine(url, isolation_level="AUTOCOMMIT")
 
 
-def database_url(url: str, name: str) -> str:
+def _with_database(url: str, name: str) -> str:
     """``url`` pointed at database ``name`` (password kept)."""
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
@@ -67,7 +67,7 @@ def create_database(admin: str, prefix: str = "topiary_test", template: str | No
             connection.execute(text(f'CREATE DATABASE "{name}"{copy}'))
     finally:
         engine.dispose()
-    return database_url(admin, name)
+    return _with_database(admin, name)
 
 
 def drop_database(admin: str, url: str, attempts: int = 1, pause: float = 3.0) -> None:

@@ -116,7 +116,7 @@ def test_when_no_plan_meets_the_limit_the_job_fails_stating_the_miss(
     job = get_job(sqlite_engine, run.job.id)
     assert job.status == JobStatus.FAILED.value and job.error_code == LIMIT_MISSED
     message = job.error_message or ""
-    assert "max_latency_ratio 0.5: delivered" in message and "% over" in message
+    assert "max_latency_ratio 0.5: delivered" in message and "% over" in message, job.best
     assert "trials 0, 1, 2 tried" in message  # the best and at most two more
     assert job.best["limits"][0]["met"] is False and job.best["limits"][0]["missed_by"] > 0.2
     assert job.best["latency_runtime"] == "torch" and not job.artifacts
@@ -145,7 +145,9 @@ def test_an_onnxruntime_job_is_timed_in_onnxruntime_from_baseline_to_delivery(
                               storage=open_storage(sqlite_settings.optuna_url))
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         record = TrialRecord.from_trial(trial)
-        assert record.latency_runtime == "onnxruntime" and record.latency_ratio is not None
+        # Timed side by side in ONNX Runtime, or reusing such a timing (seeding's).
+        assert record.latency_runtime == "onnxruntime"
+        assert record.latency_ratio is not None or record.latency_reused
         assert record.plan is not None and record.plan["round_to"] == CPU_ROUND_TO
     best = job.best
     assert best["latency_timed"] == "onnx file" and best["latency_ratio"] <= 0.7

@@ -1,0 +1,85 @@
+"""Which plan is delivered, how the final timing settles, and how a miss is stated."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.trial import TrialRecord
+from models.latency import LatencyResult
+from search.delivery import MAX_FALLBACKS, MAX_ROUNDS, MIN_ROUNDS, Delivery, stable_timing
+from search.result import FinishedTrial
+from tests.search_tests.conftest import make_spec
+
+BASELINE = {"latency_ms": 2.0, "flops": 100.0, "params": 100.0, "memory_mb": 1.0}
+
+
+def _result(median: float) -> LatencyResult:
+    return LatencyResult(median_ms=median, p90_ms=1.5 * median, runs=20, batch_size=1,
+                         device_type="cpu", device_name="cpu", threads=1)
+
+
+def _scripted(ratios: list[float]):
+    script = list(ratios)
+
+    def compare(runs: int) -> tuple[LatencyResult, LatencyResult]:
+        return _result(1.0), _result(script.pop(0))
+
+    return compare, script
+
+
+def test_the_final_timing_stops_once_three_rounds_agree() -> None:
+    compare, left = _scripted([0.7, 0.5, 0.505, 0.51, 0.9])
+    timing = stable_timing(compare, 20)
+    assert timing.rounds == 4 and left == [0.9]
+    assert timing.ratio == pytest.approx(0.5075) and timing.runs == 80
+    assert timing.record(2.0)["latency_ms"] == pytest.approx(2 * 0.5075)
+
+
+def test_the_final_timing_is_bounded_when_it_never_settles() -> None:
+    compare, left = _scripted([0.4, 0.6] * 10)
+    timing = stable_timing(compare, 20)
+    assert timing.rounds == MAX_ROUNDS >= MIN_ROUNDS and len(left) == 20 - MAX_ROUNDS
+    assert timing.ratio == pytest.approx(0.5)
+
+
+def _trial(number: int, accuracy: float, latency_ms: float, fingerprint: str) -> FinishedTrial:
+    return FinishedTrial(number, [accuracy], TrialRecord(
+        plan={"keep": {}}, accuracy=accuracy, latency_ms=latency_ms, arch_fingerprint=fingerprint,
+        flops=10.0, params=10.0, memory_mb=0.5, violations={"max_latency_ratio": -0.1}))
+
+
+def _delivery(*trials: FinishedTrial) -> Delivery:
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.5, "max_flops_ratio": 0.5}})
+    return Delivery(spec, BASELINE, list(trials))
+
+
+def test_after_a_miss_the_next_plans_are_faster_ones_and_bounded() -> None:
+    trials = [_trial(0, 0.99, 0.99, "a"), _trial(1, 0.98, 0.99, "same speed"),
+              _trial(2, 0.97, 0.95, "a"), _trial(3, 0.96, 0.9, "b"), _trial(4, 0.9, 0.8, "c"),
+              _trial(5, 0.8, 0.7, "d")]
+    delivery = _delivery(*trials)
+    tried = []
+    while (trial := delivery.next_plan()) is not None:
+        tried.append(trial.number)
+        assert not delivery.judge(trial, {"latency_ms": 1.2, "flops": 10.0}, "architecture")
+    # 1 records no lower latency than 0 and 2 is 0's architecture: neither is worth a try.
+    assert tried == [0, 3, 4] and len(tried) == 1 + MAX_FALLBACKS
+    assert delivery.tried() == [0, 3, 4]
+
+
+def test_a_miss_is_stated_by_how_much_against_which_limit() -> None:
+    first, second = _trial(0, 0.99, 0.99, "a"), _trial(1, 0.9, 0.9, "b")
+    delivery = _delivery(first, second)
+    # The first plan's network passes, its delivered file misses by 10%.
+    assert delivery.judge(first, {"latency_ms": 0.9, "flops": 10.0}, "architecture")
+    assert not delivery.judge(first, {"latency_ms": 1.1, "flops": 10.0, "latency_runs": 60},
+                              "artifact")
+    assert not delivery.judge(second, {"latency_ms": 1.3, "flops": 10.0}, "architecture")
+    closest = delivery.closest()
+    assert closest is not None and (closest.trial.number, closest.stage) == (0, "artifact")
+    message = delivery.miss_message()
+    assert "max_latency_ratio 0.5: delivered 0.55, 10.0% over" in message
+    assert "max_flops_ratio" not in message and "trials 0, 1 tried" in message
+    standings = delivery.standings(closest.record)
+    assert [(s["name"], s["met"]) for s in standings] == [("max_latency_ratio", False),
+                                                          ("max_flops_ratio", True)]
