@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Two pytest-xdist workers (the two cores of CI), one test module at a time each, the
+# modules with slow tests first (tests/conftest.py). TEST_PARALLEL= runs one process.
+TEST_PARALLEL ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 .PHONY: install test demo lint bench clean
 
@@ -18,7 +21,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(TEST_PARALLEL)
 
 demo: $(STAMP)
 	$(BIN)/topiary demo

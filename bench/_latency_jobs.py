@@ -123,7 +123,7 @@ def _print_jobs(rows: list[dict[str, Any]]) -> None:
         ort = row.get("onnxruntime_ratio")
         print(f"| {row['job']} | {row['runtime']} | {row['status']} | "
               f"{best.get('latency_ratio', float('nan')):.3f} | "
-              f"{ort if ort is None else f'{ort:.3f}'} | "
+              f"{'-' if ort is None else f'{ort:.3f}'} | "
               f"{row.get('torch_ratio', float('nan')):.3f} | "
               f"{best.get('accuracy', float('nan')):.3f} | "
               f"{'-' if ort is None else ('yes' if ort <= 0.5 else 'no')} |", flush=True)

@@ -2,9 +2,9 @@
 the API is killed and restarted, and PostgreSQL itself is restarted.
 
 One fault strikes a search right after a worker created a trial and before the trial's
-first heartbeat (``tests.support.first_heartbeat``): the worker is SIGKILLed, or, while
-PostgreSQL restarts are left, the database is taken down for 10 s instead. That leaves
-a RUNNING trial nobody owns (issue 20).
+first heartbeat (``tests.support.first_heartbeat``): the worker is SIGKILLed, or (the
+run's first such fault, when it may restart PostgreSQL) the database is taken down for
+10 s instead. That leaves a RUNNING trial nobody owns (issue 20).
 
 Every job must end SUCCEEDED, or FAILED with a reason; none stuck; exactly
 ``n_trials`` finished trials per succeeded job, none counted twice; one checkpoint
@@ -79,6 +79,9 @@ BEFORE_FIRST_HEARTBEAT = "before_first_heartbeat"
 # Pipeline order: a job's planned faults are taken from here in this order.
 ORDER = ("preparing", "scoring", BEFORE_FIRST_HEARTBEAT, "mid_trial", "finalizing", "export")
 assert set(ORDER) == {*FAULT_POINTS, BEFORE_FIRST_HEARTBEAT}
+#: The restart budget of the database going down before a trial's first heartbeat (one
+#: per run, apart from ``--pg-restarts``, which random restarts use up early).
+DATABASE_BEFORE_HEARTBEAT = "postgres before a first heartbeat"
 #: Seconds between two tries at catching a job's trial before its first heartbeat.
 STRIKE_RETRY_SECONDS = 3.0
 #: How long after the stall detector should have failed a search it is called stuck
@@ -169,11 +172,12 @@ class Monkey:
         if now < plan.next_strike:
             return
         plan.next_strike = now + STRIKE_RETRY_SECONDS
-        take_database_down = self.restarts.get("postgres", 0) > 0 and self.rng.random() < 0.5
+        # The run's first strike takes the database down (when it may), the others kill.
+        take_database_down = self.restarts.get(DATABASE_BEFORE_HEARTBEAT, 0) > 0
 
         def fault(trial: UnownedTrial) -> None:
             if take_database_down:
-                self.restarts["postgres"] -= 1
+                self.restarts[DATABASE_BEFORE_HEARTBEAT] -= 1
                 self.cluster.restart_postgres(down_seconds=10.0)
             else:
                 trial.process.kill()
@@ -310,14 +314,17 @@ def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Ta
     tally = Tally()
     restart_problem = private_postgres_unavailable()
     restarts = {"api": arguments.api_restarts,
-                "postgres": 0 if restart_problem else arguments.pg_restarts}
+                "postgres": 0 if restart_problem else arguments.pg_restarts,
+                DATABASE_BEFORE_HEARTBEAT: 0 if restart_problem or not arguments.pg_restarts
+                else 1}
     if restart_problem and arguments.pg_restarts:
         tally.notes.append(f"PostgreSQL restarts skipped: {restart_problem}")
     started = time.monotonic()
     stop = stop_on_signals()
     policy = StallPolicy(floor_seconds=arguments.stall_floor,
                          trial_multiple=arguments.stall_multiple)
-    with database_server(restarts["postgres"] > 0) as server, \
+    with database_server(restarts["postgres"] + restarts[DATABASE_BEFORE_HEARTBEAT] > 0) \
+            as server, \
             Cluster.create(server.admin_url if server else ADMIN_URL, home / "home",
                            server=server, lease_seconds=arguments.lease,
                            stall_floor_seconds=policy.floor_seconds,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["autocast_dtype", "make_optimizer", "make_schedule", "parameter_groups"]
+__all__ = ["autocast", "autocast_dtype", "make_optimizer", "make_schedule", "parameter_groups"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float,
@@ -63,3 +63,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """Mixed precision as training uses it: ``autocast_dtype``, or a no-op when disabled."""
+    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device),
+                          enabled=enabled)

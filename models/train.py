@@ -31,7 +31,8 @@ from torch.nn import functional
 from core.errors import InvalidSpecError, TrainingCancelled, TrainingDivergedError
 from models.architectures import build_model
 from models.datasets import DataSplits
-from models.optimizer import autocast_dtype, make_optimizer, make_schedule
+from models.evaluation import evaluate
+from models.optimizer import autocast, autocast_dtype, make_optimizer, make_schedule
 
 __all__ = [
     "EpochCallback",
@@ -180,11 +181,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     return alpha * soft + (1 - alpha) * hard
 
 
-def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    return torch.autocast(device_type=device.type, dtype=autocast_dtype(device),
-                          enabled=enabled)
-
-
 def _check_cancel(cancel_event: threading.Event | None) -> None:
     if cancel_event is not None and cancel_event.is_set():
         raise TrainingCancelled("training cancelled on request")
@@ -213,7 +209,7 @@ def _train_one_epoch(model: nn.Module, loader: Iterable[Any], optimizer: torch.o
             continue
         inputs = inputs.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
-        with _autocast(device, use_amp):
+        with autocast(device, use_amp):
             logits = model(inputs)
             if teacher is None:
                 loss = functional.cross_entropy(logits.float(), labels,
@@ -374,54 +370,6 @@ def fine_tune(model: nn.Module, splits: DataSplits, epochs: int,
     config = TrainConfig(epochs=epochs, **settings)
     return train_model(model, splits, config, callback=callback, teacher=teacher,
                  eval_split=eval_split, cancel_event=cancel_event)
-
-
-def _batches(splits_or_loader: DataSplits | Iterable[Any], split: str,
-             batch_size: int) -> Iterable[Any]:
-    if isinstance(splits_or_loader, DataSplits):
-        return splits_or_loader.loader(split, batch_size)
-    return splits_or_loader
-
-
-def evaluate(model: nn.Module, splits_or_loader: DataSplits | Iterable[Any], split: str = "val",
-             device: str | torch.device = "cpu", batch_size: int = 256,
-             use_amp: bool = False) -> float:
-    """Top-1 accuracy of ``model`` on one split (or on any loader of (inputs, labels)).
-
-    The model is moved to ``device``; its training flag is restored afterwards.
-
-    Args:
-        model: the network.
-        splits_or_loader: a ``DataSplits`` (then ``split`` is read) or an
-            iterable of (inputs, labels) batches.
-        split: which split of a ``DataSplits``.
-        device: where to run.
-        batch_size: batch size when reading a ``DataSplits``.
-        use_amp: bfloat16 (or float16) autocast, as in training (CUDA only).
-
-    Returns:
-        Fraction of correctly classified samples, in [0, 1].
-
-    Raises:
-        InvalidSpecError: the data is empty.
-    """
-    device = torch.device(device)
-    was_training = model.training
-    model.to(device).eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = 0
-    try:
-        with torch.inference_mode(), _autocast(device, use_amp and device.type == "cuda"):
-            for inputs, labels in _batches(splits_or_loader, split, batch_size):
-                labels = labels.to(device, non_blocking=True)
-                predictions = model(inputs.to(device, non_blocking=True)).argmax(dim=1)
-                correct += (predictions == labels).sum()
-                total += labels.shape[0]
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise InvalidSpecError(f"cannot evaluate on an empty split ({split!r})")
-    return correct.item() / total
 
 
 def train_baseline(arch: str, arch_arguments: dict[str, Any], splits: DataSplits,

@@ -72,17 +72,36 @@ async def current_tenant(request: Request, credentials: Credentials) -> TenantId
     Raises:
         AuthenticationError: no key, or an unknown or revoked one (checked every time).
     """
+    tenant = await pending_tenant(request, credentials)
+    if not isinstance(tenant, PendingTenant) or _serves_in_one_call(request.scope.get("route")):
+        return tenant
+    tenant = await run_in_threadpool(tenant.resolve, None)
+    request.scope["state"][TENANT] = tenant
+    return tenant
+
+
+async def pending_tenant(request: Request, credentials: Credentials) -> TenantIdentity:
+    """The tenant if the guard knows it already, else a ``PendingTenant`` the route
+    resolves (:func:`resolve_tenant`) in a worker-thread call it makes anyway.
+
+    Raises:
+        AuthenticationError: no well-formed key.
+    """
     state = request.scope["state"]
     tenant: TenantIdentity | None = state.get(TENANT)
     if tenant is not None:
         return tenant
     key = state.get(KEY_HASH) or presented_key(request.scope)
-    engine = request.app.state.engine
-    if _serves_in_one_call(request.scope.get("route")):
-        return PendingTenant(-1, "", key=key, engine=engine)
-    tenant = await run_in_threadpool(key.tenant_from, engine)
-    state[TENANT] = tenant
-    return tenant
+    return PendingTenant(-1, "", key=key, engine=request.app.state.engine)
+
+
+def resolve_tenant(tenant: TenantIdentity, session: Session | None) -> TenantIdentity:
+    """``tenant``, looked up on ``session`` if it is still pending.
+
+    Raises:
+        AuthenticationError: an unknown or revoked key.
+    """
+    return tenant.resolve(session) if isinstance(tenant, PendingTenant) else tenant
 
 
 async def get_session(request: Request) -> AsyncIterator[Session]:
@@ -103,6 +122,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
+PendingTenantDep = Annotated[TenantIdentity, Depends(pending_tenant)]
 
 
 class CommittingRoute(APIRoute):
@@ -147,7 +167,7 @@ def _run_and_commit(endpoint: Callable[..., Any], kwargs: dict[str, Any]) -> Any
     try:
         for name, value in kwargs.items():
             if isinstance(value, PendingTenant):
-                kwargs[name] = value.resolve(sessions[0] if sessions else None)
+                kwargs[name] = resolve_tenant(value, sessions[0] if sessions else None)
         result = endpoint(**kwargs)
         for session in sessions:
             session.commit()

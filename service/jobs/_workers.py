@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Interval, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from service.db import affected_rows, use_session
+from service.db import UTCDateTime, affected_rows, is_postgresql, use_session, utcnow
 from service.jobs._clock import database_now, deadline_after
 from service.jobs._state import JobStatus
 from service.jobs._tables import Job, Worker
@@ -62,6 +64,28 @@ def count_live_workers(bind: Engine | Session, within_seconds: float) -> int:
             Worker.stopped_at.is_(None), Worker.heartbeat_at >= cutoff)) or 0
 
 
+# Built once per backend: GET /v1/jobs/{id} asks for every waiting job, and building a
+# statement (or running it through the ORM) costs more than running it. Liveness is
+# judged by the database's clock on PostgreSQL, as in deadline_after.
+_WORKERS = Worker.__table__.c
+_CAPABILITIES = select(_WORKERS.device_type, _WORKERS.device_name, _WORKERS.runtimes).where(
+    _WORKERS.stopped_at.is_(None))
+_LIVE_CAPABILITIES = {
+    "postgresql": _CAPABILITIES.where(
+        _WORKERS.heartbeat_at >= func.now() - bindparam("within", type_=Interval())),
+    "sqlite": _CAPABILITIES.where(
+        _WORKERS.heartbeat_at >= bindparam("cutoff", type_=UTCDateTime)),
+}
+
+
+def _live_capabilities(session: Session, within_seconds: float) -> tuple[Any, dict[str, Any]]:
+    """The statement and parameters of the live workers' device and runtimes."""
+    within = timedelta(seconds=within_seconds)
+    if is_postgresql(session):
+        return _LIVE_CAPABILITIES["postgresql"], {"within": within}
+    return _LIVE_CAPABILITIES["sqlite"], {"cutoff": utcnow() - within}
+
+
 def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str | None:
     """What a queued (or deserted searching) job waits for when no live worker can take
     it: a worker with its latency runtime, device type or device model; None when a
@@ -76,10 +100,8 @@ def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str 
         return None
     device_type = job.device_type or job.device_request
     with use_session(bind) as session:
-        cutoff = deadline_after(session, -within_seconds)
-        workers = session.execute(select(Worker.device_type, Worker.device_name, Worker.runtimes)
-                                  .where(Worker.stopped_at.is_(None),
-                                         Worker.heartbeat_at >= cutoff)).all()
+        workers = session.connection().execute(*_live_capabilities(session,
+                                                                   within_seconds)).all()
     for worker in workers:
         if ((device_type is None or worker.device_type == device_type)
                 and job.latency_runtime in (worker.runtimes or ["torch"])
@@ -92,8 +114,9 @@ def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str 
         needs.append(f"the device its baseline was timed on ({job.device_model})")
     elif device_type is not None:
         needs.append(f"a {device_type} device")
-    wanted = " and ".join(needs) if needs else "any device"
-    reason = (f"waiting for a worker with {wanted}; "
+    if not needs:
+        return "waiting for a worker; none is running"
+    reason = (f"waiting for a worker with {' and '.join(needs)}; "
               f"{len(workers)} live worker{'s' if len(workers) != 1 else ''}, none has it")
     if job.latency_runtime == "tensorrt":
         reason += ("; no Topiary worker can time in TensorRT yet, so resubmit with "

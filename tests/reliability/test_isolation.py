@@ -61,7 +61,7 @@ def test_another_tenant_cannot_list_read_cancel_or_download(api: Api) -> None:
     for target in (job_id, queued_id, *_near_misses(job_id), "0" * 32):
         for route in JOB_ROUTES:
             response = api.client.get(f"/v1/jobs/{target}{route}", headers=other)
-            assert response.status_code == 404, (target, route)
+            assert response.status_code == 404, (target, route, response.text)
             assert response.json() == {"code": "not_found", "detail": f"job {target} not found"}
             assert "secret-plan" not in response.text
         cancel = api.client.post(f"/v1/jobs/{target}/cancel", headers=other)

@@ -83,3 +83,12 @@ def test_a_miss_is_stated_by_how_much_against_which_limit() -> None:
     standings = delivery.standings(closest.record)
     assert [(s["name"], s["met"]) for s in standings] == [("max_latency_ratio", False),
                                                           ("max_flops_ratio", True)]
+
+
+def test_a_timing_that_goes_on_is_judged_on_every_round() -> None:
+    compare, _ = _scripted([0.6, 0.6, 0.6, 0.3, 0.3, 0.3, 0.3])
+    first = stable_timing(compare, 20)
+    assert (first.rounds, first.ratio) == (3, pytest.approx(0.6))
+    both = stable_timing(compare, 20, earlier=first)
+    # Three more rounds that agree; the median over all six, not the faster timing.
+    assert both.rounds == 6 and both.ratio == pytest.approx(0.45) and both.runs == 120

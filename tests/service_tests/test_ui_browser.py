@@ -311,3 +311,16 @@ def test_another_tenants_job_shows_nothing_and_no_key_asks_for_one(server: LiveS
                                                                                   "blob:"))}
     assert hosts == {urlsplit(server.url).netloc}
     assert page.errors == []
+
+
+def test_the_api_docs_render_under_their_policy_from_this_server_alone(
+        server: LiveServer, page: DevToolsPage) -> None:
+    """Swagger UI, self-hosted, on a loopback server (``TOPIARY_DOCS=loopback``)."""
+    page.errors.clear()
+    page.requested.clear()
+    page.open(f"{server.url}/docs")
+    operations = page.wait_for("document.querySelectorAll('.opblock').length", seconds=60)
+    assert operations >= 15
+    assert "DELETE" in page.evaluate("document.body.innerText")
+    assert page.errors == []  # a blocked script or style would be one
+    assert page.requested and all(url.startswith(server.url) for url in page.requested)

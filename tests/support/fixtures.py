@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from cli.processes import ChildProcess
 from service.api.app import create_app
 from service.config import Settings
 from service.db import create_engine_for
@@ -84,6 +85,16 @@ def migrated_postgres_url(postgres_admin_url: str, postgres_template: str) -> It
         yield url
     finally:
         drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def started_processes() -> Iterator[list[ChildProcess]]:
+    """Append the processes a test starts: any still running at its end is killed, so a
+    failing test leaves no worker behind."""
+    started: list[ChildProcess] = []
+    yield started
+    for process in started:
+        process.kill()
 
 
 @pytest.fixture(params=BACKENDS)

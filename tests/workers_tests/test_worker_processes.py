@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -25,10 +27,17 @@ def postgres_pair(migrated_postgres_url: str, postgres_url: str) -> tuple[str, s
     return migrated_postgres_url, postgres_url
 
 
-def start(settings: Settings, name: str) -> ChildProcess:
-    environment = program_environment(settings.home, settings.database_url,
-                                      settings.optuna_url, lease_seconds=settings.lease_seconds)
-    return start_worker(environment, settings.home / f"{name}.log")
+@pytest.fixture
+def start(started_processes: list[ChildProcess]) -> Callable[[Settings, str], ChildProcess]:
+    """Start a worker on ``settings`` (killed at the end of the test if still running)."""
+    def start_one(settings: Settings, name: str) -> ChildProcess:
+        environment = program_environment(settings.home, settings.database_url,
+                                          settings.optuna_url,
+                                          lease_seconds=settings.lease_seconds)
+        started_processes.append(start_worker(environment, settings.home / f"{name}.log"))
+        return started_processes[-1]
+
+    return start_one
 
 
 def finished_trials(settings, job) -> list:
@@ -36,7 +45,8 @@ def finished_trials(settings, job) -> list:
     return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
 
 
-def test_two_workers_one_killed_mid_search_job_still_succeeds(tmp_path, postgres_pair) -> None:
+def test_two_workers_one_killed_mid_search_job_still_succeeds(tmp_path, postgres_pair,
+                                                              start) -> None:
     ours, optuna_url = postgres_pair
     settings = make_settings(tmp_path / "home", ours, optuna_url, lease_seconds=6)
     engine = create_engine_for(ours)
@@ -66,7 +76,7 @@ def test_two_workers_one_killed_mid_search_job_still_succeeds(tmp_path, postgres
     engine.dispose()
 
 
-def test_sigterm_releases_the_job_and_exits_zero(tmp_path, postgres_pair) -> None:
+def test_sigterm_releases_the_job_and_exits_zero(tmp_path, postgres_pair, start) -> None:
     ours, optuna_url = postgres_pair
     settings = make_settings(tmp_path / "home", ours, optuna_url, lease_seconds=30)
     engine = create_engine_for(ours)

@@ -25,13 +25,13 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service import jobs
 from service.api.auth import KEY_HASH, PresentedKey
-from service.api.deps import CurrentTenant, EngineDep
+from service.api.deps import EngineDep, PendingTenantDep, resolve_tenant
 from service.api.guard import on_request_end
 from service.api.schemas import ErrorPublic, EventPublic
 from service.db import session_scope
 from service.errors import NotFoundError, TooManyStreamsError
 from service.jobs import Event, JobStatus
-from service.tenants import DEFAULT_TENANT, tenant_for_key_hash
+from service.tenants import DEFAULT_TENANT, TenantIdentity, tenant_for_key_hash
 
 router = APIRouter(prefix="/v1/jobs", tags=["events"])
 POLL_SECONDS = 0.5
@@ -121,7 +121,7 @@ async def _follow(request: Request, engine: Engine, key: PresentedKey | None, jo
 @router.get("/{job_id}/events", response_model=None, responses={
     200: {"content": {"text/event-stream": {}}, "description": "the log as SSE, or a list"},
     404: {"model": ErrorPublic}})
-async def job_events(job_id: str, request: Request, tenant: CurrentTenant, engine: EngineDep,
+async def job_events(job_id: str, request: Request, tenant: PendingTenantDep, engine: EngineDep,
                      follow: bool = True, after: Annotated[int, Query(ge=0, le=2**62)] = 0,
                      last_event_id: Annotated[str | None, Header()] = None) -> Response:
     """Events after ``after`` (or the ``Last-Event-ID``); ``follow=false`` returns a JSON list.
@@ -129,17 +129,20 @@ async def job_events(job_id: str, request: Request, tenant: CurrentTenant, engin
     When following, the stream ends with an ``end`` event once the job has ended.
     """
     start = _resume_point(after, last_event_id)
+    events = await run_in_threadpool(_opening, engine, tenant, job_id, start, follow)
     if not follow:
-        events = await run_in_threadpool(_events_of, engine, job_id, tenant.id, start)
         return JSONResponse([EventPublic.from_row(e).model_dump(mode="json") for e in events])
-    await run_in_threadpool(jobs.get_job, engine, job_id, tenant.id)
     key = request.scope["state"].get(KEY_HASH)
     slots: StreamSlots = request.app.state.stream_slots
     on_request_end(request.scope, slots.acquire(key.key_hash if key else DEFAULT_TENANT))
     return EventSourceResponse(_follow(request, engine, key, job_id, start), ping=PING_SECONDS)
 
 
-def _events_of(engine: Engine, job_id: str, tenant_id: int, after: int) -> list[Event]:
+def _opening(engine: Engine, tenant: TenantIdentity, job_id: str, after: int,
+             follow: bool) -> list[Event]:
+    """The key's tenant, its job, and (for ``follow=false``) the events, in one short
+    transaction."""
     with session_scope(engine) as session:
-        jobs.get_job(session, job_id, tenant_id)
-        return jobs.list_events(session, job_id, after_id=after)
+        owner = resolve_tenant(tenant, session)
+        jobs.get_job(session, job_id, owner.id)
+        return [] if follow else jobs.list_events(session, job_id, after_id=after)
