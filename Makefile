@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Two pytest-xdist workers (the two cores of CI), one test module at a time each, the
-# modules with slow tests first (tests/conftest.py). TEST_PARALLEL= runs one process.
+# Two pytest-xdist workers (the two cores of CI), handed a module at a time (its module
+# fixtures are built once, its tests run in order), the modules with slow tests first
+# (tests/conftest.py). TEST_PARALLEL= runs everything in one process.
 TEST_PARALLEL ?= -n 2 --dist loadscope --no-loadscope-reorder
 
 .PHONY: install test demo lint bench clean

@@ -327,6 +327,8 @@ def run(arguments: argparse.Namespace) -> tuple[list[JobOutcome], list[Plan], Ta
             as server, \
             Cluster.create(server.admin_url if server else ADMIN_URL, home / "home",
                            server=server, lease_seconds=arguments.lease,
+                           # The downloads checked all the time are not an abuse to limit.
+                           rate_limit="10000/second",
                            stall_floor_seconds=policy.floor_seconds,
                            stall_trial_multiple=policy.trial_multiple) as cluster:
         api = cluster.start_api()

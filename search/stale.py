@@ -18,12 +18,15 @@ once. Losing that race is not an error.
 from __future__ import annotations
 
 import copy
+import logging
 from datetime import datetime
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import DateTime, Integer, text
+
+logger = logging.getLogger(__name__)
 
 # Read-only: the state change itself goes through the storage's API.
 _RUNNING_WITHOUT_HEARTBEAT = text(
@@ -106,6 +109,9 @@ def fail_ownerless_trials(study: optuna.Study, *, now: datetime | None = None) -
     for trial_id in failed:
         trial = copy.deepcopy(storage.get_trial(trial_id))
         numbers.append(trial.number)
+        logger.warning("trial %d of study %s was RUNNING with no heartbeat for over %.0f s "
+                       "(its process died before the first one): failed, to be re-queued",
+                       trial.number, study.study_name, grace_seconds(backend))
         if callback is not None:
             callback(study, trial)
     return numbers

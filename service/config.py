@@ -91,6 +91,9 @@ class Settings(BaseSettings):
                                         "any valid key)")
     metrics: Literal["off", "key", "public"] = Field(
         default="key", description="/metrics: off, for any valid API key, or to anyone")
+    access_log: Literal["errors", "all"] = Field(
+        default="errors", description="log a line per request, or only for failed (4xx, 5xx) "
+                                      "and slow ones (the reverse proxy logs them all)")
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     stall_floor_seconds: float = Field(

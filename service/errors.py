@@ -18,9 +18,18 @@ class ConfigurationError(TopiaryError):
 
 
 class DatabaseError(TopiaryError):
-    """The database refused or could not run a statement."""
+    """The database refused or could not run a statement.
+
+    Attributes:
+        public: which store failed, for the client (the message, with the driver's
+            words, is for the server log only).
+    """
 
     code = "database_error"
+
+    def __init__(self, message: str, *, public: str = "the database is unavailable") -> None:
+        super().__init__(message)
+        self.public = public
 
 
 class NotFoundError(TopiaryError):

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from core.trial import TrialRecord
 from service.errors import DatabaseError
 
+OPTUNA_UNAVAILABLE = "the Optuna database (the trials) is unavailable"
+
 
 class TrialPublic(BaseModel):
     """One trial as the API shows it (missing measurements are None); the API's schema too.
@@ -86,7 +88,8 @@ class StudyReader:
             # Optuna wraps the driver's errors of an open session in StorageInternalError.
             raise DatabaseError(f"the Optuna database could not be read "
                                 f"({type(error).__name__}); retry, and check "
-                                "TOPIARY_OPTUNA_URL if it persists") from error
+                                "TOPIARY_OPTUNA_URL if it persists",
+                                public=OPTUNA_UNAVAILABLE) from error
         return [TrialPublic.from_trial(trial) for trial in trials]
 
     def delete_study(self, study_name: str | None) -> None:
@@ -108,7 +111,8 @@ class StudyReader:
         except (SQLAlchemyError, StorageInternalError) as error:
             raise DatabaseError(f"the Optuna database could not be written "
                                 f"({type(error).__name__}); retry, and check "
-                                "TOPIARY_OPTUNA_URL if it persists") from error
+                                "TOPIARY_OPTUNA_URL if it persists",
+                                public=OPTUNA_UNAVAILABLE) from error
 
     def close(self) -> None:
         with self._lock:

@@ -7,11 +7,15 @@ network at import time.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.telemetry import TelemetryConfig
 
 from service.api.errors import install_error_handlers
 from service.api.guard import ApiGuardMiddleware
@@ -28,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 # A job spec is a few KiB; nothing else takes a JSON body.
 JSON_BODY_LIMIT = 64 * 1024
+# Our own metrics and logs; FastAPI's OpenTelemetry hooks would cost every request for
+# providers nobody configured.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False,
+                                 "operation_spans": False}
 # Room for the multipart boundaries and headers around the uploaded file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -69,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The docs are our own routes (self-hosted assets, a CSP, the guard decides who sees
     # them); FastAPI's would load Swagger UI from a CDN.
     app = FastAPI(title="Topiary", version="1", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None,
+                  redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY,
                   description="Prune PyTorch CNNs to a latency and memory budget.")
     app.state.settings = settings
     app.state.engine = engine
@@ -82,10 +90,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        default_body_limit=JSON_BODY_LIMIT,
                        body_limits={"/v1/weights": settings.max_upload_bytes
                                     + MULTIPART_OVERHEAD})
-    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.metrics,
+                       log_every_request=settings.access_log == "all")
     for router in (health.router, catalog.router, jobs.router, results.router, events.router,
                    weights.router, ui.router, docs.router):
-        app.include_router(router)
+        # The routes themselves (their paths carry the router's prefix): an included
+        # router is matched through a layer of its own on every request, which costs
+        # more than a GET /v1/jobs/{id} spends in its handler.
+        app.router.routes.extend(router.routes)
+    app.openapi = functools.partial(openapi_with_keys, app)  # type: ignore[method-assign]
     if settings.auth == "none":
         logger.warning("authentication is off (TOPIARY_AUTH=none): every request acts as "
                        "tenant %r; allowed because the server binds to loopback %s",
@@ -93,3 +106,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     else:
         logger.info("API keys required (Authorization: Bearer <key>)")
     return app
+
+
+def openapi_with_keys(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI schema, saying that every ``/v1`` operation takes a bearer key (the guard
+    checks it; no per-route dependency does, so FastAPI would not know)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = {"APIKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "an API key from `topiary keys create`"}}
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/v1"):
+                for operation in operations.values():
+                    operation["security"] = [{"APIKey": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

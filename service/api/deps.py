@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -45,11 +44,6 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 StudyReaderDep = Annotated[StudyReader, Depends(get_study_reader)]
 
 
-# Documents the scheme in the OpenAPI schema; the guard middleware reads the header.
-_bearer = HTTPBearer(auto_error=False, description="an API key from `topiary keys create`")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
 @dataclass(frozen=True)
 class PendingTenant(TenantIdentity):
     """The tenant of a request without a body, looked up by ``CommittingRoute`` in the
@@ -65,14 +59,14 @@ class PendingTenant(TenantIdentity):
             self.engine)
 
 
-async def current_tenant(request: Request, credentials: Credentials) -> TenantIdentity:
+async def current_tenant(request: Request) -> TenantIdentity:
     """The tenant the request's key belongs to (see ``service.api.auth`` for where it is
     checked).
 
     Raises:
         AuthenticationError: no key, or an unknown or revoked one (checked every time).
     """
-    tenant = await pending_tenant(request, credentials)
+    tenant = await pending_tenant(request)
     if not isinstance(tenant, PendingTenant) or _serves_in_one_call(request.scope.get("route")):
         return tenant
     tenant = await run_in_threadpool(tenant.resolve, None)
@@ -80,7 +74,7 @@ async def current_tenant(request: Request, credentials: Credentials) -> TenantId
     return tenant
 
 
-async def pending_tenant(request: Request, credentials: Credentials) -> TenantIdentity:
+async def pending_tenant(request: Request) -> TenantIdentity:
     """The tenant if the guard knows it already, else a ``PendingTenant`` the route
     resolves (:func:`resolve_tenant`) in a worker-thread call it makes anyway.
 
@@ -104,23 +98,20 @@ def resolve_tenant(tenant: TenantIdentity, session: Session | None) -> TenantIde
     return tenant.resolve(session) if isinstance(tenant, PendingTenant) else tenant
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    """The request's session; it connects on first use, in the route's worker thread.
+async def get_session(request: Request) -> Session:
+    """The request's session; it connects on first use, in the route's worker thread,
+    where ``CommittingRoute`` commits and closes it (no other route may take one).
 
-    A ``CommittingRoute`` commits and closes it in that thread; any other route's
-    session is rolled back and closed (in a thread) when the request ends.
+    Raises:
+        TypeError: the route is not served by ``CommittingRoute``.
     """
-    session = request_session(request.app.state.engine)
-    try:
-        yield session
-    finally:
-        if session.in_transaction():  # a route that is no CommittingRoute's: roll back
-            await run_in_threadpool(close_session, session)
-        else:
-            close_session(session)  # no I/O: nothing is open
+    if not _serves_in_one_call(request.scope.get("route")):
+        raise TypeError("SessionDep is for sync routes of a CommittingRoute router, which "
+                        "commit and close it")
+    return request_session(request.app.state.engine)
 
 
-SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+SessionDep = Annotated[Session, Depends(get_session)]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
 PendingTenantDep = Annotated[TenantIdentity, Depends(pending_tenant)]
 

@@ -62,8 +62,8 @@ def _fields(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> list[
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-SERVER_FAILURE = ("the server could not complete the request; retry in a few seconds, and "
-                  "if it persists give the operator this request id: {request_id}")
+SERVER_FAILURE = ("{what}; retry in a few seconds, and if it persists give the operator "
+                  "this request id: {request_id}")
 
 
 def request_id(scope: Scope) -> str:
@@ -94,18 +94,21 @@ def error_response(error: TopiaryError, scope: Scope) -> tuple[int, dict[str, An
     if status >= 500:
         if status == 503:
             headers["Retry-After"] = "5"
-        body, headers = _server_failure(scope, error, error.code, headers)
+        body, headers = _server_failure(scope, error, error.code, headers,
+                                        getattr(error, "public", None))
     return status, body, headers
 
 
-def _server_failure(scope: Scope, error: BaseException, code: str,
-                    headers: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+def _server_failure(scope: Scope, error: BaseException, code: str, headers: dict[str, str],
+                    what: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The generic body of a 5xx; the details go to the log under the request id."""
     identifier = request_id(scope)
     logger.error("request failed", exc_info=error,
                  extra={"path": scope.get("path"), "code": code, "request_id": identifier})
-    return ({"code": code, "detail": SERVER_FAILURE.format(request_id=identifier),
-             "request_id": identifier}, {**headers, "X-Request-ID": identifier})
+    detail = SERVER_FAILURE.format(what=what or "the server could not complete the request",
+                                   request_id=identifier)
+    return ({"code": code, "detail": detail, "request_id": identifier},
+            {**headers, "X-Request-ID": identifier})
 
 
 async def _topiary_error(request: Request, error: Exception) -> JSONResponse:

@@ -91,12 +91,18 @@ def fresh_metrics_dir(home: Path) -> Path:
     return folder
 
 
-class RequestMetricsMiddleware:
-    """Times every HTTP request, labels it by route template, and logs one line."""
+#: A request this slow is logged even when only errors are (``TOPIARY_ACCESS_LOG=errors``).
+SLOW_REQUEST_SECONDS = 1.0
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+
+class RequestMetricsMiddleware:
+    """Times every HTTP request and labels it by route template; logs one line for each
+    (``log_every_request``) or only for failed (4xx, 5xx) and slow ones."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_every_request: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.log_every_request = log_every_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,9 +124,10 @@ class RequestMetricsMiddleware:
             route = _route_template(scope)
             self.metrics.http_latency.labels(method=scope["method"], route=route,
                                              status=str(status)).observe(elapsed)
-            logger.info("request", extra={"method": scope["method"], "path": scope["path"],
-                                          "route": route, "status": status,
-                                          "duration_ms": round(elapsed * 1000, 2)})
+            if self.log_every_request or status >= 400 or elapsed >= SLOW_REQUEST_SECONDS:
+                logger.info("request", extra={"method": scope["method"], "path": scope["path"],
+                                              "route": route, "status": status,
+                                              "duration_ms": round(elapsed * 1000, 2)})
 
 
 def _route_template(scope: Scope) -> str:

@@ -87,10 +87,15 @@ class RequestRates:
 
     async def hit(self, identity: str) -> RateDecision:
         """Count one request of ``identity`` (an API key's hash) against every limit."""
-        limiter = self._current_limiter()
+        storage = self._current_limiter().storage
         try:
-            allowed = [await limiter.hit(item, identity) for item in self.items]
-            stats = [await limiter.get_window_stats(item, identity) for item in self.items]
+            # FixedWindowRateLimiter.hit is this incr; its count gives what is left without
+            # the two more reads of get_window_stats.
+            counts, resets = [], []
+            for item in self.items:
+                key = item.key_for(identity)
+                counts.append(await storage.incr(key, item.get_expiry()))
+                resets.append(await storage.get_expiry(key))
         except Exception as error:  # noqa: BLE001 - the store's own errors: fail open
             now = time.monotonic()
             if now - self._warned_at >= _WARN_EVERY_SECONDS:
@@ -98,15 +103,14 @@ class RequestRates:
                 logger.warning("rate limits not enforced: the rate-limit store does not "
                                "answer (%s: %s)", type(error).__name__, error)
             return RateDecision(True, {})
-        now_epoch = time.time()
-        # The binding limit: a refused one, else the one with the least left.
-        index = min(range(len(self.items)),
-                    key=lambda i: (allowed[i], stats[i].remaining))
-        reset = max(1, math.ceil(stats[index].reset_time - now_epoch))
+        remaining = [item.amount - count for item, count in zip(self.items, counts, strict=True)]
+        # The binding limit: the one with the least left (below zero: refused).
+        index = min(range(len(self.items)), key=remaining.__getitem__)
+        reset = max(1, math.ceil(resets[index] - time.time()))
         headers = {"RateLimit-Limit": str(self.items[index].amount),
-                   "RateLimit-Remaining": str(stats[index].remaining),
+                   "RateLimit-Remaining": str(max(0, remaining[index])),
                    "RateLimit-Reset": str(reset),
                    "RateLimit-Policy": self.policy}
-        if all(allowed):
+        if remaining[index] >= 0:
             return RateDecision(True, headers)
         return RateDecision(False, headers, retry_after=reset)

@@ -33,28 +33,27 @@ _TOO_LONG_RESPONSE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-
 
 
 class TimedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline and a size limit for request headers."""
+    """uvicorn's httptools protocol with a deadline and a size limit for request headers.
 
-    header_timeout: float = 10.0
+    The deadline is not a timer per request (that would cost every request as much as
+    its routing): one sweep a second per server closes the connections past it.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout = get_settings().header_timeout_seconds
-        self._header_deadline: asyncio.TimerHandle | None = None
         self._awaiting_headers = True
+        self._headers_since: float | None = None
         self._header_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        super().connection_lost(exc)
+        self._headers_since = self.loop.time()
+        _sweep_connections_of(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._awaiting_headers:
-            self._arm_header_deadline()  # a new request's first bytes after keep-alive
+        if self._awaiting_headers and self._headers_since is None:
+            self._headers_since = self.loop.time()  # a new request after keep-alive
         super().data_received(data)
         if self._awaiting_headers:  # still: all of ``data`` went to the headers
             self._header_bytes += len(data)
@@ -63,7 +62,7 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._awaiting_headers = False
-        self._disarm_header_deadline()
+        self._headers_since = None
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -71,26 +70,37 @@ class TimedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         super().on_response_complete()  # arms uvicorn's keep-alive timeout
 
-    def _arm_header_deadline(self) -> None:
-        if self._header_deadline is None:
-            self._header_deadline = self.loop.call_later(self.header_timeout,
-                                                         self._headers_too_late)
+    def past_header_deadline(self, now: float) -> bool:
+        return (self._awaiting_headers and self._headers_since is not None
+                and now - self._headers_since > self.header_timeout)
 
-    def _disarm_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
-
-    def _headers_too_late(self) -> None:
-        self._header_deadline = None
-        if self._awaiting_headers and not self.transport.is_closing():
-            self._close_with(_TIMEOUT_RESPONSE)
+    def close_for_lateness(self) -> None:
+        self._close_with(_TIMEOUT_RESPONSE)
 
     def _close_with(self, response: bytes) -> None:
-        self._disarm_header_deadline()
+        self._awaiting_headers = False
         if not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
+
+
+def _sweep_connections_of(protocol: TimedHttpToolsProtocol) -> None:
+    """Start the server's sweep of late headers, once per server."""
+    state = protocol.server_state
+    if getattr(state, "topiary_sweeping", False):
+        return
+    state.topiary_sweeping = True  # type: ignore[attr-defined]
+    loop, interval = protocol.loop, min(1.0, protocol.header_timeout / 4)
+
+    def sweep() -> None:
+        now = loop.time()
+        for connection in list(state.connections):
+            if (isinstance(connection, TimedHttpToolsProtocol)
+                    and connection.past_header_deadline(now)):
+                connection.close_for_lateness()
+        loop.call_later(interval, sweep)
+
+    loop.call_later(interval, sweep)
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +14,8 @@ import pytest
 from torch import nn
 
 from core.latency_agent import HEALTH_PATH, SECRET_VARIABLE, AgentAddress
+from tests.support import REPOSITORY, ChildExited, ChildProcess, free_port, start_child
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "a-secret-for-tests-only-0123456789"
 #: One sample: 3 x 16 x 16.
 SHAPE = (3, 16, 16)
@@ -25,16 +23,10 @@ SHAPE = (3, 16, 16)
 MAX_MODEL_MIB = 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass
 class RunningAgent:
     port: int
-    process: subprocess.Popen[str]
+    process: ChildProcess
     name: str = "edge"
 
     @property
@@ -46,32 +38,32 @@ class RunningAgent:
         return AgentAddress(name=self.name, url=self.url, secret=SECRET)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
+        self.process.kill()
 
 
 def start_agent(port: int | None = None, *options: str) -> RunningAgent:
     """``python -m cli.latency_agent`` on loopback, answering /healthz (or a failed test)."""
     port = port or free_port()
-    process = subprocess.Popen(
+    log_path = Path(tempfile.mkdtemp(prefix="topiary-agent-")) / "agent.log"
+    process = start_child(
+        "latency agent",
         [sys.executable, "-m", "cli.latency_agent", "--port", str(port),
          "--max-model-mib", str(MAX_MODEL_MIB), "--threads", "1", *options],
-        cwd=ROOT, env={**os.environ, SECRET_VARIABLE: SECRET}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        environment={**os.environ, SECRET_VARIABLE: SECRET}, log_path=log_path, cwd=REPOSITORY)
     agent = RunningAgent(port=port, process=process)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{agent.url}{HEALTH_PATH}", timeout=1).status_code == 200:
-                return agent
+            return httpx.get(f"{agent.url}{HEALTH_PATH}", timeout=1).status_code == 200
         except httpx.TransportError:
-            time.sleep(0.2)
-    agent.stop()
-    output = process.stdout.read() if process.stdout else ""
-    pytest.fail(f"the latency agent did not start: {output[-2000:]}")
+            return False
+
+    try:
+        process.wait_until(healthy, 60, "answer /healthz")
+    except (ChildExited, TimeoutError) as error:
+        agent.stop()
+        pytest.fail(f"the latency agent did not start: {error}")
+    return agent
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.cli_tests.conftest import ROOT, SECRET, Networks
+from tests.cli_tests.conftest import SECRET, Networks
+from tests.support import REPOSITORY
 
 SCRIPT = textwrap.dedent("""
     import hashlib, sys
@@ -46,6 +47,6 @@ def test_the_agent_never_imports_torch(tmp_path: Path, networks: Networks) -> No
         paths[-1].write_bytes(data)
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "store"), SECRET, *map(str, paths)],
-        capture_output=True, text=True, timeout=180, cwd=ROOT)
+        capture_output=True, text=True, timeout=180, cwd=REPOSITORY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("torch-free")

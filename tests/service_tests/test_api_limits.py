@@ -25,7 +25,6 @@ from service.api.app import create_app
 from service.api.ratelimit import RequestRates
 from service.config import Settings
 from service.jobs import JobStatus, append_event, list_events, request_cancel, transition
-from service.tenants import create_api_key
 from tests.service_tests.conftest import Api, spec_json
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -227,7 +226,7 @@ def test_a_database_failure_is_a_generic_503_with_a_request_id(
         assert secret not in response.text, secret
     assert proxied.json()["request_id"] == "proxy-id-42"
     logged = [r for r in caplog.records if getattr(r, "request_id", None) == body["request_id"]]
-    assert logged and "TOPIARY_DATABASE_URL" in str(logged[0].exc_info[1])
+    assert logged and logged[0].exc_info and "TOPIARY_DATABASE_URL" in str(logged[0].exc_info[1])
 
 
 @sqlite_only

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +39,7 @@ BZ2_300_MIB = base64.b64decode(
 
 @contextmanager
 def serve(tmp_path: Path, database_url: str | None = None,
-          **settings: object) -> Iterator[ServedApi]:
+          **settings: Any) -> Iterator[ServedApi]:
     home = tmp_path / "home"
     environment = program_environment(home, database_url, **settings)
     with served_api(environment, tmp_path / "serve.log") as server:

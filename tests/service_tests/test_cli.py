@@ -64,7 +64,8 @@ def test_serve_refuses_auth_none_off_loopback(monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.slow
 def test_serve_migrates_and_answers(tmp_path: Path) -> None:
     log_path = tmp_path / "serve.log"
-    with served_api(program_environment(tmp_path, auth="none"), log_path) as server:
+    environment = program_environment(tmp_path, auth="none", access_log="all")
+    with served_api(environment, log_path) as server:
         assert httpx.get(f"{server.base_url}/v1/jobs").json()["count"] == 0
     log = log_path.read_text()
     assert '"message": "authentication is off' in log

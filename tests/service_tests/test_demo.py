@@ -22,12 +22,12 @@ from service.jobs import list_jobs
 from service.tenants import DEFAULT_TENANT, get_or_create_tenant
 
 REPOSITORY = Path(__file__).parents[2]
-# The two tests share one home, in order: one xdist worker runs both.
-pytestmark = pytest.mark.xdist_group("demo")
 TINY = ["--n-trials", "2", "--trial-epochs", "0", "--final-epochs", "1", "--baseline-epochs", "1",
         "--threads", "1", "--latency-runs", "5"]
 
 
+# Shared by the two tests, in order: under xdist they run in one worker because make
+# test hands out whole modules (--dist loadscope).
 @pytest.fixture(scope="module")
 def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("demo-home")

@@ -33,8 +33,7 @@ from service.tenants import create_api_key
 from tests.service_tests.test_ui import finish_job, seed_searched_job
 from tests.support import program_environment, served_api
 
-# One xdist worker runs them all, on one server and one browser (module fixtures).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ui_browser")]
+pytestmark = pytest.mark.slow
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

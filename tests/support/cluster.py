@@ -127,7 +127,8 @@ class Cluster:
             max_upload_mb=settings.max_upload_mb,
             max_concurrent_jobs_per_tenant=settings.max_concurrent_jobs_per_tenant,
             stall_floor_seconds=settings.stall_floor_seconds,
-            stall_trial_multiple=settings.stall_trial_multiple)
+            stall_trial_multiple=settings.stall_trial_multiple,
+            rate_limit=settings.rate_limit)
 
     def _log_path(self, name: str) -> Path:
         return self.settings.home / f"{name}-{len(self.processes)}.log"

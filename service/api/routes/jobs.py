@@ -38,7 +38,8 @@ def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
                           max_active_jobs=settings.max_concurrent_jobs_per_tenant,
                           max_jobs_per_day=settings.max_jobs_per_day)
-    return JobPublic.from_row(job)
+    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds)
+    return JobPublic.from_row(job, waiting_for=waiting)
 
 
 @router.get("")
