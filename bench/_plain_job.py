@@ -74,13 +74,14 @@ def plain_job(spec: JobSpec, home: Path, optuna_url: str) -> dict[str, float]:
     model = train_baseline(spec.model.arch, {**spec.model.arguments}, splits, config)
     baseline = measure_baseline(model, splits, spec, device="cpu")
     example = splits.example_input()
-    groups = prunable_groups(model, example, round_to=spec.search.round_to,
+    round_to = spec.channel_multiple("cpu")
+    groups = prunable_groups(model, example, round_to=round_to,
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
     identity = dataset_identity(spec.dataset.name, spec.image_size(), spec.seed)
     scores = {method: cached_score(ScoreCache(home / "scores"), model, splits, method, identity,
                                    groups, blocks) for method in spec.search.warm_start}
-    space = SearchSpace.from_spec(groups, blocks, spec.search)
+    space = SearchSpace.from_spec(groups, blocks, spec.search, round_to=round_to)
     measured = LatencyCache()
     plans = seed_plans(model, example, groups, [b for b in blocks if b.name in space.blocks],
                        scores, target_ratio(spec.objective.constraints, baseline, spec.latency),

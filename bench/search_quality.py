@@ -136,7 +136,7 @@ def prepare(spec: JobSpec, baseline_epochs: int, cache_dir: Path) -> Setup:
     model = train_baseline(ARCH, {}, splits, config, eval_split=None)
     baseline = measure_baseline(model, splits, spec)
     example = splits.example_input()
-    groups = prunable_groups(model, example, round_to=spec.search.round_to,
+    groups = prunable_groups(model, example, round_to=spec.channel_multiple("cpu"),
                              min_keep_ratio=spec.search.min_keep_ratio)
     blocks = removable_blocks(model, example)
     cache = ScoreCache(cache_dir)
@@ -155,7 +155,8 @@ def context_for(setup: Setup, spec: JobSpec) -> SearchContext:
     factory = None if setup.channels == "l1" else (
         lambda copy_: ScoreImportance(copy_, scores))
     return SearchContext(spec=spec, model=setup.model, splits=setup.splits,
-                         space=SearchSpace.from_spec(setup.groups, setup.blocks, spec.search),
+                         space=SearchSpace.from_spec(setup.groups, setup.blocks, spec.search,
+                                                     round_to=spec.channel_multiple("cpu")),
                          baseline=dict(setup.baseline), importance_factory=factory)
 
 
@@ -283,7 +284,7 @@ def one_shot(setup: Setup, spec: JobSpec, prune: Callable[[float], nn.Module]) -
 
 def uniform_magnitude(setup: Setup, spec: JobSpec) -> Callable[[float], nn.Module]:
     def prune(keep_ratio: float) -> nn.Module:
-        plan = PrunePlan.uniform(setup.groups, keep_ratio, spec.search.round_to,
+        plan = PrunePlan.uniform(setup.groups, keep_ratio, spec.channel_multiple("cpu"),
                                  spec.search.min_keep_ratio)
         return apply_plan(copy.deepcopy(setup.model), plan, setup.splits.example_input())
     return prune
@@ -297,7 +298,7 @@ def torch_pruning_global(setup: Setup, spec: JobSpec) -> Callable[[float], nn.Mo
             importance=tp.importance.GroupMagnitudeImportance(), global_pruning=True,
             pruning_ratio=1.0 - keep_ratio,
             max_pruning_ratio=1.0 - spec.search.min_keep_ratio,
-            ignored_layers=[final_classifier(model)], round_to=spec.search.round_to)
+            ignored_layers=[final_classifier(model)], round_to=spec.channel_multiple("cpu"))
         pruner.step()
         return model
     return prune

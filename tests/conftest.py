@@ -13,6 +13,9 @@ pytest_plugins = ("tests.support.fixtures",)
 def pytest_configure(config: pytest.Config) -> None:
     # Two cores on CI: one intra-op thread per test process keeps timings sane.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Tests send requests faster than any client should (and servers they start inherit
+    # this); the tests of the rate limit set their own (service_tests/test_api_limits.py).
+    os.environ.setdefault("TOPIARY_RATE_LIMIT", "100000/second")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,14 +1,14 @@
 """The test harness, one of each: a free port, the PostgreSQL probe, throwaway databases
 copied from a migrated template, and the launcher of our programs.
 
-A test that stops PostgreSQL stops a server of its own (:func:`private_postgres`), never
-the shared one. The tests use the harness through fixtures (:mod:`tests.support.fixtures`,
-registered by ``tests/conftest.py``) and these functions; the reliability tier and ``bench/`` also
-use :mod:`tests.support.cluster` (real processes and their faults) and
-:mod:`tests.support.invariants` (what a job must be whatever was killed). The
-arrow is one way: ``bench`` imports ``tests.support``, nothing here imports ``bench``
-or a test module. Processes are started by :mod:`cli.processes`, the code the demo
-starts its own children with.
+A test that stops PostgreSQL stops a server of its own (:func:`private_postgres`),
+never the shared one. The tests use the harness through fixtures
+(:mod:`tests.support.fixtures`, registered by ``tests/conftest.py``) and these
+functions; the reliability tier and ``bench/`` also use :mod:`tests.support.cluster`
+(real processes and their faults) and :mod:`tests.support.invariants` (what a job
+must be whatever was killed). The arrow is one way: ``bench`` imports
+``tests.support``; nothing here imports ``bench`` or a test module. Processes are
+started by :mod:`cli.processes`, the code the demo starts its own children with.
 """
 
 from cli.processes import ChildExited, ChildProcess, ChildProcesses, free_port, start_child
