@@ -198,3 +198,16 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
                              "config", "--quiet"], capture_output=True, text=True,
                             env={"POSTGRES_PASSWORD": "checked", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx command here")
+def test_nginx_accepts_the_proxy_config(compose, tmp_path: Path) -> None:
+    config = compose["configs"]["proxy-config"]["content"].replace("$$", "$")
+    (tmp_path / "default.conf").write_text(config.replace("server api:8000;",
+                                                          "server 127.0.0.1:8000;"))
+    (tmp_path / "nginx.conf").write_text(
+        f"events {{}}\nhttp {{ include {tmp_path / 'default.conf'}; }}\n"
+        f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'};\n")
+    result = subprocess.run(["nginx", "-t", "-c", str(tmp_path / "nginx.conf")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 from websockets.sync.client import ClientConnection, connect
 
+from core.catalog import CHECKPOINT_FORMATS
 from service.config import Settings
 from service.db import create_engine_for, migrate
 from service.tenants import create_api_key
@@ -281,7 +282,8 @@ def test_job_page_follows_the_job_to_its_downloads(server: LiveServer, page: Dev
         engine.dispose()
     # No reload: the page's own polling picks the change up.
     page.wait_for("document.getElementById('job-status').textContent === 'succeeded'")
-    page.wait_for("document.querySelectorAll('#downloads a').length === 3")
+    page.wait_for("document.querySelectorAll('#downloads a').length === "
+                  f"{len(CHECKPOINT_FORMATS)}")
     page.screenshot().save(tmp_path / "finished-job-page.png")
     page.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(tmp_path))
     page.evaluate("document.querySelector('#downloads li[data-format=onnx] a').click()")
