@@ -7,7 +7,8 @@ the final timing and its fallbacks, exports). Afterwards the delivered files are
 timed again here, independently of the worker: the ONNX file against the unpruned
 network exported the same way in ONNX Runtime, and the safetensors checkpoint
 (``load_pruned``) against the unpruned network in eager PyTorch, each side by side
-in rounds until the ratio is stable (``search.delivery.stable_timing``).
+in rounds until the ratio is stable (``search.delivery.stable_timing``), judged
+as the worker judges it: the larger of the median ratio and the fastest passes'.
 
 * ``--mode jobs``: cifar_resnet20 on digits at 16x16, one job limited to 0.5 of its
   ONNX Runtime latency and the same job limited to 0.5 of its eager latency; both
@@ -85,8 +86,9 @@ def run_jobs(specs: list[dict[str, Any]], home: Path, threads: int) -> list[str]
 
 
 def _ratio(side: SideBySide, candidate: Any) -> float:
+    """The ratio the worker judges limits by (``FinalTiming.verdict_ratio``)."""
     loaded = side.load(candidate)
-    return stable_timing(lambda runs: side.compare(loaded, 2, runs), RETIME_RUNS).ratio
+    return stable_timing(lambda runs: side.compare(loaded, 2, runs), RETIME_RUNS).verdict_ratio
 
 
 def retime(home: Path, job_id: str, threads: int) -> dict[str, Any]:

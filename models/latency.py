@@ -36,6 +36,8 @@ class LatencyResult:
         device_type: ``cpu`` or ``cuda``.
         device_name: CPU model or GPU name.
         threads: torch intra-op threads during the measurement.
+        fastest_ms: the fastest pass, milliseconds (None where only the median and p90
+            are known, e.g. from a latency agent).
     """
 
     median_ms: float
@@ -45,6 +47,7 @@ class LatencyResult:
     device_type: str
     device_name: str
     threads: int
+    fastest_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -181,4 +184,5 @@ def latency_result(times: list[float], batch_size: int, target: torch.device,
         device_type=target.type,
         device_name=device_name(target),
         threads=threads,
+        fastest_ms=float(min(times)),
     )

@@ -112,11 +112,12 @@ def test_latency_result_is_sane_and_threads_are_restored() -> None:
                              threads=1)
     assert torch.get_num_threads() == 2
     assert result.threads == 1 and result.runs == 7 and result.batch_size == 2
-    assert 0 < result.median_ms <= result.p90_ms
+    assert result.fastest_ms is not None and 0 < result.fastest_ms <= result.median_ms
+    assert result.median_ms <= result.p90_ms
     assert result.device_type == "cpu" and result.device_name
     assert model.training
     assert set(result.to_dict()) == {"median_ms", "p90_ms", "runs", "batch_size",
-                                     "device_type", "device_name", "threads"}
+                                     "device_type", "device_name", "threads", "fastest_ms"}
 
 
 def test_side_by_side_latency_ranks_a_deeper_network_slower() -> None:

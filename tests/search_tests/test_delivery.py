@@ -13,9 +13,9 @@ from tests.search_tests.conftest import make_spec
 BASELINE = {"latency_ms": 2.0, "flops": 100.0, "params": 100.0, "memory_mb": 1.0}
 
 
-def _result(median: float) -> LatencyResult:
+def _result(median: float, fastest: float | None = None) -> LatencyResult:
     return LatencyResult(median_ms=median, p90_ms=1.5 * median, runs=20, batch_size=1,
-                         device_type="cpu", device_name="cpu", threads=1)
+                         device_type="cpu", device_name="cpu", threads=1, fastest_ms=fastest)
 
 
 def _scripted(ratios: list[float]):
@@ -92,3 +92,18 @@ def test_a_timing_that_goes_on_is_judged_on_every_round() -> None:
     both = stable_timing(compare, 20, earlier=first)
     # Three more rounds that agree; the median over all six, not the faster timing.
     assert both.rounds == 6 and both.ratio == pytest.approx(0.45) and both.runs == 120
+
+
+def test_limits_are_judged_by_the_larger_of_the_median_and_fastest_ratios() -> None:
+    # A busy machine: the unpruned network's passes, the longer ones, are interrupted more
+    # often, so its median is inflated and the median ratio comes out too low.
+    busy = stable_timing(lambda runs: (_result(4.0, fastest=1.0), _result(1.0, fastest=0.5)),
+                         20)
+    assert busy.ratio == pytest.approx(0.25) and busy.fastest_ratio == pytest.approx(0.5)
+    record = busy.record(2.0)
+    assert record["latency_ratio"] == pytest.approx(0.5) == record["latency_fastest_ratio"]
+    assert record["latency_ms"] == pytest.approx(1.0)
+    assert record["latency_median_ratio"] == pytest.approx(0.25)
+    # Without a fastest pass (an agent's timing) the median ratio stands.
+    agent = stable_timing(lambda runs: (_result(4.0), _result(1.0)), 20)
+    assert agent.fastest_ratio is None and agent.verdict_ratio == pytest.approx(0.25)
