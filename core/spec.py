@@ -24,6 +24,12 @@ from core.catalog import (
 from core.errors import InvalidSpecError
 from core.latency_agent import AGENT_NAME_PATTERN, AGENT_RUNTIMES
 
+# The objective's models live in core.spec_objective; importable from here as before.
+from core.spec_objective import Constraints as Constraints
+from core.spec_objective import ObjectiveSpec as ObjectiveSpec
+from core.spec_objective import ObjectiveWeights as ObjectiveWeights
+from core.spec_objective import ParetoPick as ParetoPick
+
 MAX_TRIALS = 1000
 
 
@@ -153,46 +159,6 @@ class DatasetSpec(_Strict):
     def input_channels(self) -> int:
         """Channels the network takes: 3 unless grayscale data keeps its one channel."""
         return self.preprocessing.channels or 3
-
-
-Ratio = Field(default=None, gt=0, le=1)
-
-
-class Constraints(_Strict):
-    """Hard limits; a ratio is relative to the unpruned baseline, in (0, 1]."""
-
-    max_latency_ratio: float | None = Ratio
-    max_latency_ms: float | None = Field(default=None, gt=0, le=1e7)
-    max_memory_ratio: float | None = Ratio
-    max_memory_mb: float | None = Field(default=None, gt=0, le=1e7)
-    max_flops_ratio: float | None = Ratio
-    max_flops: float | None = Field(default=None, gt=0, le=1e18)
-    max_params_ratio: float | None = Ratio
-    max_params: float | None = Field(default=None, gt=0, le=1e12)
-
-    def is_empty(self) -> bool:
-        return all(value is None for value in self.model_dump().values())
-
-
-class ObjectiveWeights(_Strict):
-    """Weights of the normalised costs in ``weighted`` mode (accuracy has weight 1)."""
-
-    latency: float = Field(default=0.5, ge=0, le=100)
-    memory: float = Field(default=0.0, ge=0, le=100)
-
-
-class ObjectiveSpec(_Strict):
-    mode: Literal["constrained", "weighted", "pareto"] = "constrained"
-    constraints: Constraints = Field(default_factory=Constraints)
-    weights: ObjectiveWeights = Field(default_factory=ObjectiveWeights)
-    pareto_memory: bool = Field(default=False, description="add memory as a third objective")
-
-    @model_validator(mode="after")
-    def _constrained_needs_a_limit(self) -> ObjectiveSpec:
-        if self.mode == "constrained" and self.constraints.is_empty():
-            raise ValueError("mode 'constrained' needs at least one constraint, e.g. "
-                             "constraints: {max_latency_ratio: 0.5}")
-        return self
 
 
 LatencyRuntime = Literal["torch", "onnxruntime", "openvino", "tensorrt"]

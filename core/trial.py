@@ -48,7 +48,10 @@ class TrialRecord(BaseModel):
     field existed).
 
     Attributes:
-        plan: the prune plan (``models.plan.PrunePlan.to_dict()``).
+        plan: the prune plan (``models.plan.PrunePlan.to_dict()``) the trial measured.
+        sampled_plan: the plan as the sampler proposed it, when it broke a counted
+            limit and ``plan`` is its projection onto the limits (``search.projection``).
+        projected: the sampled plan broke a counted limit and was scaled onto it.
         accuracy: validation accuracy after the trial's fine-tune (the pruned network's
             own accuracy when it was not fine-tuned).
         accuracy_pruned: validation accuracy right after pruning, before fine-tuning.
@@ -81,6 +84,8 @@ class TrialRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     plan: dict[str, Any] | None = None
+    sampled_plan: dict[str, Any] | None = None
+    projected: bool | None = None
     accuracy: float | None = None
     accuracy_pruned: float | None = None
     latency_ms: float | None = None
@@ -111,6 +116,13 @@ class TrialRecord(BaseModel):
     def feasible(self) -> bool | None:
         """Every limit met (Optuna's rule); None when the trial recorded no measurement."""
         return None if self.violations is None else is_feasible(self.violations)
+
+    @property
+    def prunes_nothing(self) -> bool:
+        """The plan keeps every channel and every block: the unpruned network, which is
+        never delivered. False when no plan was recorded."""
+        return (self.plan is not None and not self.plan.get("keep")
+                and not self.plan.get("drop_blocks"))
 
     @property
     def worst_violation(self) -> float:

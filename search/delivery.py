@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 from torch import nn
 
 from core.limits import Limit, active_limits, limit_standings, violations
@@ -35,7 +34,7 @@ from models.latency import LatencyResult
 from models.runtimes import SideBySide
 from search.costs import LatencyTimer
 from search.objective import latency_timer
-from search.result import FinishedTrial
+from search.result import FinishedTrial, deliverable_trials
 
 __all__ = ["FINAL_RUNS", "MAX_FALLBACKS", "Attempt", "Delivery", "FinalTimer", "FinalTiming",
            "feasible_ranked", "stable_timing"]
@@ -206,12 +205,10 @@ class FinalTimer:
 
 
 def feasible_ranked(study: optuna.Study) -> list[FinishedTrial]:
-    """Every complete trial that met all limits and was evaluated, best objective first
-    (accuracy first in every mode)."""
-    finished = [FinishedTrial.of(trial) for trial in
-                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    usable = [trial for trial in finished if trial.record.plan is not None
-              and trial.record.accuracy is not None and trial.record.feasible is not False]
+    """Every complete trial that met all limits, was evaluated and prunes something
+    (``search.result.deliverable_trials``), best objective first (accuracy first in
+    every mode)."""
+    usable = deliverable_trials(study)
     return sorted(usable, key=lambda trial: (-trial.values[0] if trial.values else 0.0,
                                              trial.number))
 

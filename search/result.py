@@ -1,22 +1,31 @@
 """What a finished search found: the best feasible trial, the Pareto set, or why not.
 
-Feasible and best are Optuna's: every limit a trial breaks is one of its constraints
-(``core.trial.TrialRecord.store``), and ``study.best_trial`` / ``study.best_trials``
-choose among the trials that meet them all. When no plan met the constraints, the
-result says so and names the closest plan and how far it missed each limit.
+Feasible is Optuna's rule: every limit a trial breaks is one of its constraints
+(``core.trial.TrialRecord.store``), and a trial is feasible when they are all <= 0.
+Best is chosen, as Optuna's ``best_trial`` / ``best_trials`` would, among the
+feasible trials that prune something: the unpruned plan (which ``weighted`` and
+``pareto`` modes have no limit to rule out, and which a sampler may propose by
+keeping every width) is never delivered, and a trial it alone dominated stays on
+the front. In pareto mode ``objective.pick`` chooses the plan of the front to
+finalise (``search.front``: the knee by default). When no plan met the
+constraints, the result says so and names the closest plan and how far it missed
+each limit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import TopiaryError
 from core.spec import JobSpec
 from core.trial import TrialRecord
+from search.front import pick_from_front
 
 
 @dataclass(frozen=True)
@@ -68,23 +77,48 @@ class SearchResult:
     message: str = ""
 
 
+def deliverable_trials(study: optuna.Study) -> list[FinishedTrial]:
+    """Complete trials whose plan may be delivered: measured, evaluated, feasible by
+    Optuna's rule (every constraint <= 0), and pruning something (the unpruned plan is
+    never delivered, whatever its accuracy)."""
+    finished = [FinishedTrial.of(trial) for trial in
+                study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return [trial for trial in finished
+            if trial.record.plan is not None and trial.record.accuracy is not None
+            and trial.record.feasible is not False and not trial.record.prunes_nothing
+            and trial.values]
+
+
+def _dominates(first: list[float], second: list[float], signs: list[float]) -> bool:
+    pairs = [(a * sign, b * sign) for a, b, sign in zip(first, second, signs, strict=True)]
+    return all(a >= b for a, b in pairs) and any(a > b for a, b in pairs)
+
+
+def _signs(study: optuna.Study) -> list[float]:
+    """+1 for an objective to maximise, -1 for one to minimise."""
+    return [1.0 if direction == StudyDirection.MAXIMIZE else -1.0
+            for direction in study.directions]
+
+
+def best_deliverable(study: optuna.Study) -> list[FinishedTrial]:
+    """The best deliverable trials (``deliverable_trials``), most accurate first: the one
+    with the best objective value of a single-objective study, the Pareto front of a
+    multi-objective one (Optuna's rule: constrained dominance among feasible trials)."""
+    trials = deliverable_trials(study)
+    signs = _signs(study)
+    if len(signs) == 1:
+        return sorted(trials, key=lambda trial: (-signs[0] * trial.values[0], trial.number))[:1]
+    front = [trial for trial in trials
+             if not any(_dominates(other.values, trial.values, signs) for other in trials)]
+    return sorted(front, key=lambda trial: (-trial.values[0], trial.number))
+
+
 def best_feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Optuna's best trials among those that meet every limit, most accurate first.
-
-    Args:
-        study: the job's study.
-
-    Returns:
-        ``study.best_trial`` of a single-objective study, the feasible Pareto front
-        (``study.best_trials``) of a multi-objective one; empty while no complete
-        trial meets every limit.
-    """
-    if len(study.directions) > 1:
-        return sorted(study.best_trials, key=lambda trial: -trial.values[0])
-    try:
-        return [study.best_trial]
-    except ValueError:  # no complete trial yet, or none feasible
-        return []
+    """``best_deliverable`` as Optuna's trials: the job's best so far while it searches."""
+    best = [trial.number for trial in best_deliverable(study)]
+    trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)
+              if trial.number in best}
+    return [trials[number] for number in best]
 
 
 def _describe_miss(trial: FinishedTrial) -> str:
@@ -93,25 +127,38 @@ def _describe_miss(trial: FinishedTrial) -> str:
     return f"the closest plan (trial {trial.number}) missed {parts}"
 
 
-def search_result(study: optuna.Study, spec: JobSpec) -> SearchResult:
-    """Summarise a study for the finalising worker and for the user."""
+def search_result(study: optuna.Study, spec: JobSpec,
+                  baseline: Mapping[str, Any] | None = None) -> SearchResult:
+    """Summarise a study for the finalising worker and for the user.
+
+    Args:
+        study: the job's study.
+        spec: the job spec (its mode, and in pareto mode ``objective.pick``).
+        baseline: the unpruned network's metrics, which the ratios of a
+            ``pick.limit`` are of.
+    """
     # Measured trials; one whose plan broke a limit has no accuracy (it was not evaluated).
     complete = [finished for trial in study.get_trials(deepcopy=False,
                                                        states=(TrialState.COMPLETE,))
                 if (finished := FinishedTrial.of(trial)).record.plan is not None]
     if not complete:
         return SearchResult(False, None, message="no trial finished; nothing to finalise")
-    best = [finished for trial in best_feasible_trials(study)
-            if (finished := FinishedTrial.of(trial)).record.accuracy is not None]
+    best = best_deliverable(study)
     if not best:
-        closest = min(complete, key=lambda trial: trial.record.worst_violation)
+        pruning = [trial for trial in complete if not trial.record.prunes_nothing]
+        if not pruning:
+            return SearchResult(False, None, message=f"none of the {len(complete)} trials "
+                                                     "pruned anything; nothing to finalise")
+        closest = min(pruning, key=lambda trial: trial.record.worst_violation)
         return SearchResult(False, None, closest=closest,
                             message=f"no plan met the constraints in {len(complete)} trials; "
                                     f"{_describe_miss(closest)}")
     if spec.objective.mode == "pareto":
-        return SearchResult(True, best[0], best,
-                            message=f"{len(best)} plans on the Pareto front; finalising the "
-                                    f"most accurate (trial {best[0].number})")
+        chosen, why = pick_from_front(best, deliverable_trials(study), spec.objective.pick,
+                                      _signs(study), baseline)
+        return SearchResult(True, chosen, best,
+                            message=f"{len(best)} plans on the Pareto front; finalising "
+                                    f"{why} (trial {chosen.number})")
     return SearchResult(True, best[0], [best[0]],
                         message=f"best feasible plan: trial {best[0].number}, accuracy "
                                 f"{best[0].record.accuracy:.3f}")

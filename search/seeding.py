@@ -31,7 +31,11 @@ on nothing. The latency seeding timed a plan with travels with it to its trial
 (``seed_plans``, ``search.costs.LatencyCache``).
 
 Without limits (``weighted`` and ``pareto`` modes) the plans are the scorers'
-plans at a few FLOPs budgets, a uniform plan, and the unpruned plan.
+plans at a few FLOPs budgets and a uniform plan. The unpruned plan is not
+enqueued there either: it is never delivered (``search.result``), so a trial of
+it would spend one of ``n_trials`` on a plan the job cannot use, and the
+baseline's measured accuracy and costs (the job's ``baseline``) are already the
+reference every ratio and the job page compare with.
 """
 
 from __future__ import annotations
@@ -265,5 +269,4 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
                                      counter=counter)
     if uniform is not None:
         plans.append((f"uniform@{targets[0]:.2f}", uniform))
-    plans.append(("unpruned", PrunePlan.unpruned()))
     return plans

@@ -44,7 +44,8 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
     when no plan tried meets its limits in the final timing (``search.delivery``)."""
     spec, job = run.spec, run.job
     study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(job.id), spec)
-    result = search_result(study, spec)
+    # The baseline's metrics: what the ratios of a pareto job's pick.limit are of.
+    result = search_result(study, spec, get_job(runtime.engine, job.id).baseline)
     if not result.feasible or result.best is None:
         fail_job(runtime.engine, job.id, NO_FEASIBLE_PLAN,
                  result.message + "; loosen the constraints or allow more trials",
