@@ -1,8 +1,11 @@
 """The objective: one trial = plan -> cheap checks -> prune -> fine-tune -> record.
 
-Cheap checks come first: FLOPs, params, memory and latency are measured on
-the pruned but not yet fine-tuned network, and a plan that breaks a hard
-limit is recorded as infeasible without being fine-tuned.
+A sampled plan that breaks a limit on FLOPs, parameters or memory is first
+scaled onto it (``search.projection``; the record keeps the proposal as
+``sampled_plan`` and says ``projected``). Cheap checks come next: FLOPs, params,
+memory and latency are measured on the pruned but not yet fine-tuned network,
+and a plan that still breaks a hard limit is recorded as infeasible without
+being fine-tuned.
 
 Costs are measured as ``search.costs`` measures them: when latency counts (a
 latency limit, or the weighted and pareto modes) or the spec names an exported
@@ -30,11 +33,12 @@ from core.trial import TrialRecord, is_feasible
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
 from models.measure import measure_model
-from models.plan import PrunePlan, apply_plan
+from models.plan import apply_plan
 from models.train import evaluate, fine_tune
 from search.budget import claim_trial_slot
 from search.constraints import active_limits, violations
 from search.costs import Aim, CostModel, LatencyCache, LatencyTimer
+from search.projection import PlanProjection
 from search.space import SearchSpace
 
 TrialCallback = Callable[[optuna.Trial, int, float], None]
@@ -162,18 +166,21 @@ class Objective:
         # Trials fine-tune on the whole training split and are scored on at most
         # fine_tune.trial_eval_images validation images, the same ones every time.
         self.scored = context.splits.limit("val", context.spec.fine_tune.trial_eval_images)
+        self.projection = PlanProjection(context.model, context.example_input(), self.limits,
+                                         context.space)
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         context, spec = self.context, self.context.spec
         claim_trial_slot(trial.study, trial, spec.search.n_trials)
-        keep, dropped = context.space.suggest(trial)
-        plan = PrunePlan(keep=keep, drop_blocks=dropped, round_to=context.space.plan_round_to())
+        sampled = context.space.to_plan(*context.space.suggest(trial))
+        plan = self.projection(sampled)
         model = copy.deepcopy(context.model)
         importance = context.importance_factory(model) if context.importance_factory else None
         apply_plan(model, plan, context.example_input(), importance=importance)
         TrialRecord(worker=context.worker).store(trial)
         record: dict[str, Any] = {
-            "plan": plan.to_dict(),
+            "plan": plan.to_dict(), "projected": plan is not sampled,
+            **({"sampled_plan": sampled.to_dict()} if plan is not sampled else {}),
             **self.costs.trial_costs(model, trial.study, side_by_side=timed_in_runtime(spec))}
         record["violations"] = violations(self.limits, record)
         record["fine_tune_seconds"] = 0.0

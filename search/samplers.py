@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import optuna
@@ -15,14 +16,19 @@ def make_sampler(spec: JobSpec, n_startup_trials: int | None = None) -> BaseSamp
     """The sampler named by ``search.sampler``.
 
     TPE is multivariate with the constant liar, so parallel workers do not all
-    propose the same point while their trials are running. Warm-start trials
-    are enqueued and count towards the start-up trials.
+    propose the same point while their trials are running, and grouped: the space
+    is conditional (a dropped block's groups are not sampled, ``search.space``),
+    and ``group`` lets it model each set of parameters that occur together instead
+    of sampling everything outside their intersection independently. Warm-start
+    trials are enqueued and count towards the start-up trials.
     """
     name, seed = spec.search.sampler, spec.seed
     startup = n_startup_trials if n_startup_trials is not None else _startup_trials(spec)
     if name == "tpe":
-        return TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                          n_startup_trials=startup)
+        with warnings.catch_warnings():  # ``group`` is still "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                              n_startup_trials=startup)
     if name == "gp":
         return GPSampler(seed=seed, n_startup_trials=startup)
     if name == "nsga2":

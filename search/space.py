@@ -4,8 +4,15 @@ Per-layer space: one integer per prunable group (channels kept: a multiple of
 ``round_to``, or the full width, so every pruned width runtimes and GPUs see is
 aligned). Per-stage space: one keep ratio per stage, shared by its
 groups (for large networks). Either way, one boolean per removable block
-when block removal is allowed. ``plan_to_params`` inverts the mapping so
+when block removal is allowed. ``params_for`` inverts the mapping so
 warm-start plans can be enqueued as the first trials.
+
+The block booleans are asked first, and a group that lives inside a dropped
+block (``GroupInfo.block``: the block holds its root conv, so all of it) is not
+asked for: its width changes nothing, and a sampler that had to choose it would
+learn from noise. Such trials simply have no ``keep:`` parameter for the group
+(Optuna's samplers take conditional spaces; TPE models them with ``group``), and
+``params_for`` leaves it out too.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Protocol
 
 from core.spec import CPU_ROUND_TO, SearchSpec
 from models.groups import min_keep_for
+from models.plan import PrunePlan
 
 KEEP_PREFIX = "keep:"
 RATIO_PREFIX = "ratio:"
@@ -51,6 +59,7 @@ class GroupRange:
     stage: str
     low: int
     step: int
+    block: str | None = None
 
     def units(self) -> int:
         """How many steps separate the smallest and the full width."""
@@ -92,7 +101,8 @@ class SearchSpace:
         ranges = []
         for group in groups:
             floor = min_keep_for(group.channels, multiple, search.min_keep_ratio)
-            ranges.append(GroupRange(group.name, group.channels, group.stage, floor, multiple))
+            ranges.append(GroupRange(group.name, group.channels, group.stage, floor, multiple,
+                                     getattr(group, "block", None)))
         return cls(
             groups=ranges,
             blocks=[block.name for block in blocks] if search.allow_block_removal else [],
@@ -109,23 +119,49 @@ class SearchSpace:
         return list(dict.fromkeys(group.stage for group in self.groups))
 
     def suggest(self, trial: TrialLike) -> tuple[dict[str, int], list[str]]:
-        """Ask the trial for every parameter; returns (keep counts, dropped blocks)."""
+        """Ask the trial for every parameter that matters; returns (keep counts, dropped
+        blocks). Blocks first; groups inside a dropped block are neither asked for nor
+        listed."""
+        dropped = [name for name in self.blocks
+                   if trial.suggest_categorical(DROP_PREFIX + name, [False, True])]
         keep: dict[str, int] = {}
         if self.per_stage:
             ratios = {stage: trial.suggest_float(RATIO_PREFIX + stage, self.min_keep_ratio, 1.0)
                       for stage in self.stages()}
-            for group in self.groups:
+            for group in self.live_groups(dropped):
                 keep[group.name] = group.keep_for_ratio(ratios[group.stage])
         else:
-            for group in self.groups:
+            for group in self.live_groups(dropped):
                 units = trial.suggest_int(KEEP_PREFIX + group.name, 0, group.units())
                 keep[group.name] = group.keep_for_units(units)
-        dropped = [name for name in self.blocks
-                   if trial.suggest_categorical(DROP_PREFIX + name, [False, True])]
         return keep, dropped
 
+    def live_groups(self, dropped: Sequence[str]) -> list[GroupRange]:
+        """The groups that still exist when ``dropped`` blocks are gone."""
+        gone = set(dropped)
+        return [group for group in self.groups if group.block is None or group.block not in gone]
+
+    def to_plan(self, keep: dict[str, int], dropped: Sequence[str]) -> PrunePlan:
+        """The plan of a suggestion: only the groups that lose channels (so a plan that
+        keeps every width and every block is ``PrunePlan.is_unpruned``), none inside a
+        dropped block."""
+        live = {group.name: group.channels for group in self.live_groups(dropped)}
+        return PrunePlan(keep={name: count for name, count in keep.items()
+                               if name in live and count < live[name]},
+                         drop_blocks=sorted(dropped), round_to=self.round_to)
+
+    def scaled(self, plan: PrunePlan, factor: float) -> PrunePlan:
+        """``plan`` with every surviving group's width times ``factor``, on the space's
+        grid (a multiple of ``round_to`` or the full width, never under the floor); the
+        same blocks dropped."""
+        keep = {group.name: group.keep_for_units(group.units_for_keep(
+                    math.floor(plan.keep.get(group.name, group.channels) * factor)))
+                for group in self.live_groups(plan.drop_blocks)}
+        return self.to_plan(keep, plan.drop_blocks)
+
     def params_for(self, keep: dict[str, int], dropped: Sequence[str]) -> dict[str, Any]:
-        """The trial parameters that reproduce a plan (as closely as the space allows)."""
+        """The trial parameters that reproduce a plan (as closely as the space allows);
+        none for groups inside dropped blocks (``suggest`` does not ask for them)."""
         params: dict[str, Any] = {}
         if self.per_stage:
             for stage in self.stages():
@@ -134,7 +170,7 @@ class SearchSpace:
                 params[RATIO_PREFIX + stage] = max(self.min_keep_ratio,
                                                    min(1.0, ratio / len(members)))
         else:
-            for group in self.groups:
+            for group in self.live_groups([name for name in dropped if name in self.blocks]):
                 params[KEEP_PREFIX + group.name] = group.units_for_keep(
                     keep.get(group.name, group.channels))
         for name in self.blocks:

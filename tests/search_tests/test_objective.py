@@ -30,30 +30,32 @@ def _study(tmp_path, spec, name="job"):
     return open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), name, spec)
 
 
-def test_trials_record_every_metric_and_infeasible_plans_are_not_evaluated(
+def test_trials_record_every_metric_and_plans_over_a_counted_limit_are_projected(
         tmp_path, baseline, baseline_metrics) -> None:
     spec = make_spec(search={"n_trials": 3})
     context = make_context(baseline, baseline_metrics, spec)
     study = _study(tmp_path, spec)
     groups = {g.name: g.channels for g in context.space.groups}
     heavy = PrunePlan.unpruned()  # 100% of the FLOPs: breaks max_flops_ratio 0.6
-    light = PrunePlan(keep={name: 4 for name in groups})
+    light = PrunePlan(keep={name: 8 for name in groups})
     enqueue_plans(study, context.space, [("unpruned", heavy), ("light", light)])
     assert run_trials(study, Objective(context), spec) == "budget"
 
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 3
     for trial in trials:
-        assert RECORDED - {"accuracy"} <= set(trial.user_attrs)
+        assert RECORDED <= set(trial.user_attrs)
     first, second = trials[0], trials[1]
     assert first.user_attrs["warm_start"] == "unpruned"
-    assert TrialRecord.from_trial(first).feasible is False
-    assert first.user_attrs["fine_tune_seconds"] == 0.0
-    # It broke a counted limit: no evaluation at all, so no accuracy.
-    assert "accuracy" not in first.user_attrs and "accuracy_pruned" not in first.user_attrs
-    assert all("accuracy" in trial.user_attrs for trial in trials[1:])
-    assert first.constraints["max_flops_ratio"] == pytest.approx(1 / 0.6 - 1, abs=1e-6)
+    # Scaled onto the limit instead of discarded: measured, fine-tuned, feasible.
+    record = TrialRecord.from_trial(first)
+    assert record.projected is True and record.feasible is True
+    assert record.sampled_plan == {"keep": {}, "drop_blocks": [], "round_to": 8}
+    assert record.flops is not None and record.flops <= 0.6 * baseline_metrics["flops"]
+    assert first.user_attrs["fine_tune_seconds"] > 0
+    assert first.constraints["max_flops_ratio"] <= 0
     assert TrialRecord.from_trial(second).feasible is True
+    assert TrialRecord.from_trial(second).projected is False
     assert second.user_attrs["fine_tune_seconds"] > 0
     assert second.user_attrs["flops"] <= 0.6 * baseline_metrics["flops"]
 

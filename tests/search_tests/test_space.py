@@ -35,8 +35,11 @@ def test_keep_counts_are_on_round_to_steps_and_above_min_keep(network) -> None:
     space = SearchSpace.from_spec(groups, blocks, spec.search)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(20):
-        keep, _ = space.suggest(study.ask())
+        keep, dropped = space.suggest(study.ask())
         for group in groups:
+            if group.block in dropped:  # not sampled: the block is gone
+                assert group.name not in keep
+                continue
             assert keep[group.name] % 4 == 0
             assert group.channels * 0.25 <= keep[group.name] <= group.channels
 
@@ -47,7 +50,9 @@ def test_params_for_inverts_suggest(network) -> None:
     plan = PrunePlan.uniform(groups, 0.5, round_to=4)
     keep = {g.name: plan.keep.get(g.name, g.channels) for g in groups}
     trial = optuna.trial.FixedTrial(space.params_for(keep, [blocks[0].name]))
-    assert space.suggest(trial) == (keep, [blocks[0].name])
+    inside = {g.name for g in groups if g.block == blocks[0].name}
+    assert space.suggest(trial) == ({name: count for name, count in keep.items()
+                                     if name not in inside}, [blocks[0].name])
 
 
 def test_block_removal_can_be_switched_off(network) -> None:

@@ -1,0 +1,115 @@
+"""Budget-projected sampling: plans over a counted limit are scaled onto it, and the widths
+of groups inside dropped blocks are not sampled."""
+
+from __future__ import annotations
+
+import copy
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from models import build_model, prunable_groups
+from models.measure import count_flops_params
+from models.plan import PrunePlan, apply_plan, removable_blocks
+from search.constraints import Limit
+from search.projection import PlanProjection
+from search.space import DROP_PREFIX, KEEP_PREFIX, SearchSpace
+from search.study import enqueue_plans
+from tests.search_tests.conftest import make_spec
+
+ROUND_TO = 8
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20")
+    x = torch.zeros(1, 3, 16, 16)
+    groups = prunable_groups(model, x, round_to=ROUND_TO)
+    blocks = removable_blocks(model, x)
+    space = SearchSpace.from_spec(groups, blocks, make_spec().search, round_to=ROUND_TO)
+    return model, x, space
+
+
+def _counts(model, x, plan: PrunePlan) -> tuple[int, int]:
+    return count_flops_params(apply_plan(copy.deepcopy(model), plan, x), (3, 16, 16))
+
+
+def _on_the_grid(space: SearchSpace, plan: PrunePlan) -> bool:
+    ranges = {group.name: group for group in space.groups}
+    return all(count == ranges[name].channels
+               or (count % ROUND_TO == 0 and count >= ranges[name].low)
+               for name, count in plan.keep.items())
+
+
+def test_a_plan_over_a_flops_limit_is_scaled_onto_it_on_the_grid(network) -> None:
+    model, x, space = network
+    flops, _ = count_flops_params(model, (3, 16, 16))
+    limit = 0.4 * flops
+    projection = PlanProjection(model, x, [Limit("max_flops_ratio", "flops", limit)], space)
+    wide = space.to_plan({g.name: g.channels - ROUND_TO for g in space.groups}, ["layer3.2"])
+    assert _counts(model, x, wide)[0] > limit
+
+    projected = projection(wide)
+    assert projected is not wide and _on_the_grid(space, projected)
+    assert projected.drop_blocks == ["layer3.2"] and "layer3.2.conv1" not in projected.keep
+    assert all(projected.keep.get(name, 10**6) <= count for name, count in wide.keep.items())
+    kept = _counts(model, x, projected)[0]
+    # On the limit, not far under it: one grid step more of the widest group breaks it.
+    assert 0.75 * limit < kept <= limit
+    # A plan that already fits is left alone, the same object.
+    assert projection(projected) is projected
+
+
+def test_a_params_limit_is_projected_and_a_latency_limit_is_not(network) -> None:
+    model, x, space = network
+    _, params = count_flops_params(model, (3, 16, 16))
+    unpruned = PrunePlan.unpruned()
+    projected = PlanProjection(
+        model, x, [Limit("max_params_ratio", "params", 0.3 * params)], space)(unpruned)
+    assert projected.keep and _counts(model, x, projected)[1] <= 0.3 * params
+    timed_only = PlanProjection(model, x, [Limit("max_latency_ms", "latency_ms", 1e-9)], space)
+    assert timed_only(unpruned) is unpruned
+
+
+def test_a_limit_no_scaling_reaches_leaves_the_plan_as_sampled(network) -> None:
+    model, x, space = network
+    projection = PlanProjection(model, x, [Limit("max_params", "params", 10.0)], space)
+    plan = space.to_plan({space.groups[0].name: 8}, [])
+    assert projection(plan) is plan
+
+
+def test_groups_inside_a_dropped_block_are_not_sampled(network) -> None:
+    _, _, space = network
+    inside = [group.name for group in space.groups if group.block == "layer2.1"]
+    assert inside == ["layer2.1.conv1"]
+    params = space.params_for({}, ["layer2.1"])
+    # No width for the dropped block's group; asking for it would fail a FixedTrial.
+    assert KEEP_PREFIX + "layer2.1.conv1" not in params
+    assert params[DROP_PREFIX + "layer2.1"] is True
+    keep, dropped = space.suggest(optuna.trial.FixedTrial(params))
+    assert dropped == ["layer2.1"] and "layer2.1.conv1" not in keep
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    study.optimize(lambda trial: float(len(space.suggest(trial)[1])), n_trials=30)
+    blocks = {group.name: group.block for group in space.groups}
+    for trial in study.trials:
+        for name in trial.params:
+            if name.startswith(KEEP_PREFIX):
+                block = blocks[name.removeprefix(KEEP_PREFIX)]
+                assert block is None or not trial.params[DROP_PREFIX + block]
+    assert any(len(trial.params) < len(space.params_for({}, [])) for trial in study.trials)
+
+
+def test_a_plan_that_drops_blocks_is_enqueued_without_their_widths(network) -> None:
+    _, _, space = network
+    plan = PrunePlan(keep={"layer3.0.conv1": 32}, drop_blocks=["layer1.1", "layer3.1"],
+                     round_to=ROUND_TO)
+    study = optuna.create_study()
+    enqueue_plans(study, space, [("deep", plan)])
+    study.optimize(lambda trial: float(len(space.suggest(trial)[0])), n_trials=1)
+    [trial] = study.get_trials(states=(TrialState.COMPLETE,))
+    assert trial.user_attrs["warm_start"] == "deep"
+    assert space.to_plan(*space.suggest(optuna.trial.FixedTrial(trial.params))) == plan
