@@ -7,7 +7,7 @@ the final timing and its fallbacks, exports). Afterwards the delivered files are
 timed again here, independently of the worker: the ONNX file against the unpruned
 network exported the same way in ONNX Runtime, and the safetensors checkpoint
 (``load_pruned``) against the unpruned network in eager PyTorch, each side by side
-in rounds until the ratio is stable (``search.delivery.stable_timing``), judged
+in rounds until the ratio is stable (``search.final_timing.stable_timing``), judged
 as the worker judges it: the larger of the median ratio and the fastest passes'.
 
 * ``--mode jobs``: cifar_resnet20 on digits at 16x16, one job limited to 0.5 of its
@@ -36,7 +36,7 @@ from models import build_model
 from models.checkpoints import load_weights
 from models.export import export_onnx, load_pruned
 from models.runtimes import SideBySide
-from search.delivery import stable_timing
+from search.final_timing import stable_timing
 from service.config import Settings
 from service.db import create_engine_for, migrate, session_scope
 from service.jobs import get_job, submit_job

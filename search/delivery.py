@@ -1,209 +1,41 @@
 """The delivered model meets its limits, or the job says by how much it missed.
 
-A trial's latency is one timing; the model a user downloads is timed again, side
-by side with the unpruned network, in rounds until the median ratio is stable
-(``stable_timing``). The plan to deliver is chosen in order (``Delivery``): the
-search's best feasible plan first, then, when it misses a limit on that timing,
-the next feasible plans by the objective (at most ``MAX_FALLBACKS`` more), each
-one measured lower than the plan that missed on every limit it missed. A plan's
-architecture is timed before its long fine-tune (latency does not depend on the
-weights), and the exported file is timed again afterwards, in the job's runtime.
-A timing that misses goes on for more rounds and is judged on all of them: unlike
-one network's time, a ratio of two can come out too low on a busy machine as well
-as too high (the longer passes are interrupted more often), so the faster of two
-timings is no safer a verdict for the model a user is promised. For the same
-reason the verdict takes the larger of the median ratio and the ratio of the
-fastest passes (``FinalTiming.verdict_ratio``).
+The plan to deliver is chosen in order (``Delivery``): the search's best feasible
+plan first, then, when its final timing (``search.final_timing``) misses a limit,
+the next feasible plans by the objective (at most ``MAX_FALLBACKS`` more), each one
+measured lower than the plan that missed on every limit it missed. When every plan
+tried misses only latency limits, and by little (``NARROW_WITHIN``), that is timing
+noise around a limit the search aimed at, not a wrong plan: the closest plan is
+narrowed onto the limit (every surviving width scaled down on the space's grid,
+``search.space.SearchSpace.scaled``) and tried, at most ``MAX_NARROWINGS`` times.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
-from torch import nn
 
 from core.limits import Limit, active_limits, limit_standings, violations
 from core.spec import JobSpec
-from models.export import export_onnx
-from models.latency import LatencyResult
-from models.runtimes import SideBySide
-from search.costs import LatencyTimer
-from search.objective import latency_timer
+from models.plan import PrunePlan
+from search.fitting import MEASURED_MARGIN
 from search.result import FinishedTrial, deliverable_trials
+from search.space import SearchSpace
 
-__all__ = ["FINAL_RUNS", "MAX_FALLBACKS", "Attempt", "Delivery", "FinalTimer", "FinalTiming",
-           "feasible_ranked", "stable_timing"]
+__all__ = ["MAX_FALLBACKS", "MAX_NARROWINGS", "NARROW_WITHIN", "Attempt", "Delivery",
+           "feasible_ranked"]
 
 #: Plans tried after the best one misses a limit in its final timing.
 MAX_FALLBACKS = 2
-#: Timed passes of each network per round of the final timing (at least; latency.runs if more).
-FINAL_RUNS = 20
-#: Rounds of the final timing: at least MIN_ROUNDS; it stops once the last MIN_ROUNDS round
-#: ratios agree within STABLE_SPREAD of their median, or after MAX_ROUNDS.
-MIN_ROUNDS = 3
-MAX_ROUNDS = 10
-STABLE_SPREAD = 0.02
-
-Comparison = Callable[[int], tuple[LatencyResult, LatencyResult]]
-
-
-@dataclass(frozen=True)
-class FinalTiming:
-    """A network timed side by side with the unpruned one until its ratio was stable.
-
-    Attributes:
-        ratio: median over rounds of (network's median / reference's median).
-        raw_ms: median over rounds of the network's median, milliseconds.
-        p90_ms: median over rounds of the network's 90th percentile.
-        reference_ms: median over rounds of the reference's median.
-        runs: timed passes of each network, all rounds together.
-        rounds: rounds timed.
-        timings: ``(reference's, network's)`` latency of every round.
-        fastest_ratio: median over rounds of (network's fastest pass / reference's
-            fastest pass); None when the timings give no fastest pass (an agent's).
-    """
-
-    ratio: float
-    raw_ms: float
-    p90_ms: float
-    reference_ms: float
-    runs: int
-    rounds: int
-    timings: tuple[tuple[LatencyResult, LatencyResult], ...] = ()
-    fastest_ratio: float | None = None
-
-    @property
-    def verdict_ratio(self) -> float:
-        """The ratio limits are judged by: the larger of the median ratio and the fastest
-        passes' ratio. They agree on a quiet machine; on a loaded one, passes of the longer
-        (unpruned) network are interrupted more often, which pulls the median ratio down
-        while the fastest passes stay near the truth, and a model must not pass its limit
-        because the machine was busy."""
-        return max(self.ratio, self.fastest_ratio or self.ratio)
-
-    def record(self, baseline_latency_ms: float) -> dict[str, float]:
-        """The latency fields of a record, in the conditions the baseline was timed in
-        (the verdict ratio scales the recorded baseline, as trials' ratios do)."""
-        scale = baseline_latency_ms / self.reference_ms
-        record = {"latency_ms": self.verdict_ratio * baseline_latency_ms,
-                  "latency_p90_ms": self.p90_ms * scale, "latency_ratio": self.verdict_ratio,
-                  "latency_median_ratio": self.ratio, "latency_raw_ms": self.raw_ms,
-                  "latency_runs": float(self.runs)}
-        if self.fastest_ratio is not None:
-            record["latency_fastest_ratio"] = self.fastest_ratio
-        return record
-
-
-def stable_timing(compare: Comparison, runs: int, earlier: FinalTiming | None = None
-                  ) -> FinalTiming:
-    """Time rounds of ``runs`` side-by-side passes until the ratio is stable.
-
-    Args:
-        compare: times ``n`` passes of the reference and the network, alternating;
-            returns ``(reference's, network's)`` latency.
-        runs: passes per round.
-        earlier: a timing to go on from: at least ``MIN_ROUNDS`` more rounds, and the
-            result is over all rounds, its own included.
-    """
-    rounds = list(earlier.timings) if earlier is not None else []
-    ratios = [network.median_ms / reference.median_ms for reference, network in rounds]
-    started = len(rounds)
-    while len(rounds) - started < MAX_ROUNDS:
-        reference, network = compare(runs)
-        rounds.append((reference, network))
-        ratios.append(network.median_ms / reference.median_ms)
-        if len(rounds) - started >= MIN_ROUNDS:
-            recent = ratios[-MIN_ROUNDS:]
-            if (max(recent) - min(recent)) <= STABLE_SPREAD * statistics.median(recent):
-                break
-    fastest = [network.fastest_ms / reference.fastest_ms for reference, network in rounds
-               if network.fastest_ms is not None and reference.fastest_ms]
-    return FinalTiming(
-        ratio=statistics.median(ratios),
-        raw_ms=statistics.median(network.median_ms for _, network in rounds),
-        p90_ms=statistics.median(network.p90_ms for _, network in rounds),
-        reference_ms=statistics.median(reference.median_ms for reference, _ in rounds),
-        runs=sum(network.runs for _, network in rounds), rounds=len(rounds),
-        timings=tuple(rounds),
-        fastest_ratio=statistics.median(fastest) if len(fastest) == len(rounds) else None)
-
-
-class FinalTimer:
-    """Times what may be delivered side by side with the unpruned network, in the job's
-    runtime, until the ratio is stable (``stable_timing``): a plan's network before its
-    long fine-tune, and the file a user downloads after it.
-
-    Args:
-        spec: the job spec (runtime, batch size, threads, passes, target).
-        reference: the unpruned network.
-        input_shape: one sample's shape.
-        device: where timings run.
-        baseline_latency_ms: the baseline's recorded latency (what ratios scale).
-        scratch: a folder for the unpruned network's deployment export.
-    """
-
-    def __init__(self, spec: JobSpec, reference: nn.Module, input_shape: tuple[int, ...],
-                 device: str, baseline_latency_ms: float, scratch: Path) -> None:
-        self.spec = spec
-        self.reference = reference
-        self.input_shape = input_shape
-        self.device = device
-        self.baseline_latency_ms = baseline_latency_ms
-        self.scratch = scratch
-        self.runs = max(FINAL_RUNS, spec.latency.runs)
-        self.timer: LatencyTimer = latency_timer(spec, reference, input_shape, device,
-                                                 baseline_latency_ms)
-        self._deployed: SideBySide | None = None
-
-    @property
-    def exported(self) -> bool:
-        """Whether the delivered file itself is timed (an exported runtime on this worker)."""
-        return self.spec.latency.runtime != "torch" and self.spec.latency.target is None
-
-    def network(self, network: nn.Module, misses: Callable[[dict[str, Any]], bool]
-                ) -> dict[str, Any]:
-        """A pruned network's latency fields, exported as trials export theirs."""
-        if self.timer.target is not None:
-            return self._settled(lambda runs: self.timer.compare(network, runs=runs), misses)
-        side = self.timer.side_by_side()
-        loaded = side.load(network)
-        return self._settled(lambda runs: side.compare(loaded, self.timer.warmup, runs), misses)
-
-    def delivered(self, model: nn.Module, onnx_path: Path,
-                  misses: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """The delivered model's latency fields: its ONNX file (``onnx_path``, the download)
-        against the unpruned network exported the same way (``models.export.export_onnx``),
-        in ONNX Runtime or OpenVINO; in eager PyTorch or on an agent, the model itself."""
-        if not self.exported:
-            return {**self.network(model, misses), "latency_timed": "model"}
-        if self._deployed is None:
-            path = self.scratch / "unpruned.onnx"
-            export_onnx(self.reference, path, self.input_shape)
-            self._deployed = SideBySide(path, self.input_shape, self.spec.latency.runtime,
-                                        self.device, self.spec.latency.batch_size,
-                                        self.spec.latency.threads)
-        side = self._deployed
-        loaded = side.load(onnx_path)
-        timed = self._settled(lambda runs: side.compare(loaded, self.timer.warmup, runs), misses)
-        return {**timed, "latency_timed": "onnx file"}
-
-    def _settled(self, compare: Comparison, misses: Callable[[dict[str, Any]], bool]
-                 ) -> dict[str, Any]:
-        timing = stable_timing(compare, self.runs)
-        retimed = misses(timing.record(self.baseline_latency_ms))
-        if retimed:
-            # Timed again and judged on every round together, not the faster timing: on a
-            # loaded machine a ratio can come out too low as well as too high.
-            timing = stable_timing(compare, self.runs, earlier=timing)
-        return {**timing.record(self.baseline_latency_ms), "latency_retimed": retimed,
-                "latency_runtime": self.timer.runtime}
-
-
+#: Narrowed plans tried when every plan tried missed only latency limits, each by at
+#: most NARROW_WITHIN (``value / limit - 1``).
+MAX_NARROWINGS = 3
+NARROW_WITHIN = 0.1
+#: The narrowest width factor a narrowing tries before giving up on moving the grid.
+_NARROWEST_FACTOR = 0.5
 def feasible_ranked(study: optuna.Study) -> list[FinishedTrial]:
     """Every complete trial that met all limits, was evaluated and prunes something
     (``search.result.deliverable_trials``), best objective first (accuracy first in
@@ -239,28 +71,66 @@ class Delivery:
         baseline: the baseline's metrics (ratios are of these).
         ranked: the feasible trials, best first (``feasible_ranked``); the first is the
             search's best.
+        space: the search space, whose grid narrowed plans stay on; None: no narrowing.
     """
 
     def __init__(self, spec: JobSpec, baseline: Mapping[str, Any],
-                 ranked: list[FinishedTrial]) -> None:
+                 ranked: list[FinishedTrial], space: SearchSpace | None = None) -> None:
         self.spec = spec
         self.baseline = dict(baseline)
         self.limits: list[Limit] = active_limits(spec.objective.constraints, self.baseline)
         self._ranked = list(ranked)
+        self._space = space
         self.attempts: list[Attempt] = []
+        self._narrowed: set[str] = set()  # fingerprints of the narrowed plans handed out
 
     def next_plan(self) -> FinishedTrial | None:
         """The next plan to try: the best, then after a miss the best remaining plan whose
         trial measured less than the missed plan on every limit it missed (a different
-        architecture), while fallbacks are left; None when none is."""
+        architecture), while fallbacks are left; then the closest plan narrowed onto the
+        latency limits it missed (``narrowed_plan``); None when none is left."""
         tried = set(self.tried())
-        if len(tried) > MAX_FALLBACKS:
+        if len(tried) <= MAX_FALLBACKS:
+            for trial in self._ranked:
+                if trial.number not in tried and self._promising(trial):
+                    return trial
+        return self.narrowed_plan()
+
+    def narrowed_plan(self) -> FinishedTrial | None:
+        """The closest plan so far with every surviving width scaled down so that its
+        latency, as last timed, would come ``MEASURED_MARGIN`` under each limit it missed
+        (on the space's grid; narrower until the grid moves). None without a space, after
+        ``MAX_NARROWINGS``, or when the closest plan missed a counted limit or missed by
+        more than ``NARROW_WITHIN`` (then it is the wrong plan, not a noisy timing)."""
+        closest = self.closest()
+        if (self._space is None or closest is None
+                or sum(self.is_narrowed(a.trial) for a in self.attempts) >= MAX_NARROWINGS):
             return None
-        for trial in self._ranked:
-            if trial.number in tried or not self._promising(trial):
-                continue
-            return trial
-        return None
+        metrics = {limit.name: limit.metric for limit in self.limits}
+        if any(metrics[name] != "latency_ms" for name in closest.missed) \
+                or max(closest.missed.values()) > NARROW_WITHIN:
+            return None
+        # From the last narrowed plan when it missed too (it is the narrowest so far).
+        last = self.attempts[-1]
+        start = last if self.is_narrowed(last.trial) and last.missed else closest
+        plan = PrunePlan.from_dict(start.trial.plan)
+        tried = {PrunePlan.from_dict(a.trial.plan).fingerprint() for a in self.attempts}
+        factor = (1.0 - MEASURED_MARGIN) / (1.0 + max(start.missed.values()))
+        narrower = self._space.scaled(plan, factor)
+        while narrower.fingerprint() in tried and factor > _NARROWEST_FACTOR:
+            factor *= 0.95
+            narrower = self._space.scaled(plan, factor)
+        if narrower.fingerprint() in tried:
+            return None
+        self._narrowed.add(narrower.fingerprint())
+        record = start.trial.record.model_copy(
+            update={"plan": narrower.to_dict(), "arch_fingerprint": None})
+        return FinishedTrial(start.trial.number, start.trial.values, record)
+
+    def is_narrowed(self, trial: FinishedTrial) -> bool:
+        """Whether ``trial`` is a narrowed plan (``narrowed_plan``), not a trial's own."""
+        return (trial.record.plan is not None
+                and PrunePlan.from_dict(trial.plan).fingerprint() in self._narrowed)
 
     def _promising(self, trial: FinishedTrial) -> bool:
         for attempt in self.attempts:

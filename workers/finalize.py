@@ -2,9 +2,11 @@
 
 Exactly one worker gets here (a guarded transition). The delivered model meets
 its limits (``search.delivery``): the best plan's network is re-timed side by
-side with the unpruned one, in the job's runtime, until the ratio is stable;
-when it misses a limit, the next feasible plans are tried (a bounded number),
-and when none meets them the job fails saying by how much, against which limit.
+side with the unpruned one, in the job's runtime, until the ratio is stable
+(``search.final_timing``); when it misses a limit, the next feasible plans are
+tried (a bounded number), then, when only latency was missed and by little, the
+closest plan narrowed onto the limit; when none meets them the job fails saying
+by how much, against which limit.
 The long fine-tune distils from the unpruned network when the spec says so. The
 ONNX file is exported first and timed as the user will run it; the checkpoint
 and its torch.export (.pt2) and TorchScript exports follow, each with the
@@ -25,7 +27,8 @@ from models.export import export_onnx, export_program, export_torchscript, save_
 from models.measure import measure_model
 from models.plan import PrunePlan, apply_plan
 from models.train import evaluate, fine_tune
-from search.delivery import Delivery, FinalTimer, feasible_ranked
+from search.delivery import Delivery, feasible_ranked
+from search.final_timing import FinalTimer
 from search.result import FinishedTrial, search_result
 from search.storage import open_storage
 from search.study import open_study, study_name_for
@@ -55,7 +58,8 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
     context = search_context(runtime, run)
     best = result.best
     delivery = Delivery(spec, context.baseline, [best, *(
-        trial for trial in feasible_ranked(study) if trial.number != best.number)])
+        trial for trial in feasible_ranked(study) if trial.number != best.number)],
+        space=context.space)
     with tempfile.TemporaryDirectory(prefix="topiary-final-") as scratch:
         timer = FinalTimer(spec, context.model, context.splits.input_shape, runtime.device.name,
                            float(context.baseline["latency_ms"]), Path(scratch))
@@ -75,7 +79,9 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     importance = context.importance_factory(model) if context.importance_factory else None
     apply_plan(model, plan, context.example_input().to(device), importance=importance)
     where = f"in {spec.latency.runtime} on {runtime.device.description}"
-    runtime.phase(run, f"timing the plan of trial {trial.number} {where}")
+    which = f"{'the narrowed plan' if delivery.is_narrowed(trial) else 'the plan'} of trial " \
+            f"{trial.number}"
+    runtime.phase(run, f"timing {which} {where}")
     # measure_model() contributes everything but latency, so it times a single pass.
     costs = measure_model(model, context.splits.input_shape, device=device,
                           batch_size=spec.latency.batch_size, warmup=0, runs=1,
@@ -90,7 +96,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
         _report_miss(runtime, run, delivery, "its network")
         return False
     epochs = spec.fine_tune.final_epochs
-    runtime.phase(run, f"fine-tuning the plan of trial {trial.number} for {epochs} "
+    runtime.phase(run, f"fine-tuning {which} for {epochs} "
                        f"epochs{' with distillation' if spec.fine_tune.distill else ''}")
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
@@ -113,6 +119,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     metrics = _final_metrics(runtime, context, model, record)
     metrics["limits"] = delivery.standings(metrics)
     metrics["plans_tried"] = delivery.tried()
+    metrics["narrowed"] = delivery.is_narrowed(trial)
     runtime.phase(run, "exporting safetensors, torch.export and TorchScript")
     _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
     best = {**metrics, "trial": trial.number, "plan": plan.to_dict()}
@@ -129,8 +136,13 @@ def _report_miss(runtime: WorkerRuntime, run: JobRun, delivery: Delivery, what: 
         f"{standing['missed_by']:.1%} over" for standing in delivery.standings(attempt.record)
         if standing["met"] is False)
     following = delivery.next_plan()
-    then = (f"trying the plan of trial {following.number}" if following is not None
-            else "no other plan left to try")
+    if following is None:
+        then = "no other plan left to try"
+    elif delivery.is_narrowed(following):
+        then = (f"narrowing the plan of trial {following.number} onto the limit (timing "
+                "noise around a limit the search aimed at)")
+    else:
+        then = f"trying the plan of trial {following.number}"
     runtime.event(run, "final", f"re-timed side by side, {what} of trial "
                   f"{attempt.trial.number} misses {missed}; {then}",
                   {"trial": attempt.trial.number, "stage": attempt.stage,

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from core.trial import TrialRecord
+from models import prunable_groups
+from models.architectures import build_model
 from models.latency import LatencyResult
-from search.delivery import MAX_FALLBACKS, MAX_ROUNDS, MIN_ROUNDS, Delivery, stable_timing
+from models.plan import PrunePlan, removable_blocks
+from search.delivery import MAX_FALLBACKS, MAX_NARROWINGS, Delivery
+from search.final_timing import MAX_ROUNDS, MIN_ROUNDS, stable_timing
 from search.result import FinishedTrial
+from search.space import SearchSpace
 from tests.search_tests.conftest import make_spec
 
 BASELINE = {"latency_ms": 2.0, "flops": 100.0, "params": 100.0, "memory_mb": 1.0}
@@ -107,3 +113,68 @@ def test_limits_are_judged_by_the_larger_of_the_median_and_fastest_ratios() -> N
     # Without a fastest pass (an agent's timing) the median ratio stands.
     agent = stable_timing(lambda runs: (_result(4.0), _result(1.0)), 20)
     assert agent.fastest_ratio is None and agent.verdict_ratio == pytest.approx(0.25)
+
+
+@pytest.fixture(scope="module")
+def space() -> SearchSpace:
+    model = build_model("cifar_resnet20", num_classes=10)
+    x = torch.zeros(1, 3, 16, 16)
+    spec = make_spec(search={"round_to": 4})
+    return SearchSpace.from_spec(prunable_groups(model, x), removable_blocks(model, x),
+                                 spec.search)
+
+
+def _planned(space: SearchSpace, number: int) -> FinishedTrial:
+    plan = space.scaled(PrunePlan.unpruned(), 0.75)
+    return FinishedTrial(number, [0.9], TrialRecord(
+        plan=plan.to_dict(), accuracy=0.9, latency_ms=0.95, arch_fingerprint="x",
+        flops=10.0, params=10.0, memory_mb=0.5, violations={"max_latency_ratio": -0.05}))
+
+
+def _widths(trial: FinishedTrial) -> dict[str, int]:
+    return PrunePlan.from_dict(trial.plan).keep
+
+
+def test_a_plan_that_misses_latency_by_noise_is_narrowed_onto_the_limit(space) -> None:
+    best = _planned(space, 7)
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.5, "max_flops_ratio": 0.5}})
+    delivery = Delivery(spec, BASELINE, [best], space=space)
+    assert delivery.next_plan() is best
+    # Re-timed 2% over its latency limit (1.0 ms) and no other plan to try.
+    assert not delivery.judge(best, {"latency_ms": 1.02, "flops": 10.0}, "architecture")
+    narrowed = delivery.next_plan()
+    assert narrowed is not None and narrowed.number == 7 and delivery.is_narrowed(narrowed)
+    before, after = _widths(best), _widths(narrowed)
+    assert all(after[name] <= width for name, width in before.items())
+    assert sum(after.values()) < sum(before.values())
+    groups = {group.name: group for group in space.groups}
+    assert all(width % 4 == 0 or width == groups[name].channels for name, width in after.items())
+    # Each narrowing starts from the closest plan so far and goes narrower, a bounded
+    # number of times.
+    widths = [sum(after.values())]
+    trial = narrowed
+    for _ in range(MAX_NARROWINGS - 1):
+        assert not delivery.judge(trial, {"latency_ms": 1.01, "flops": 10.0}, "architecture")
+        trial = delivery.next_plan()
+        assert trial is not None and delivery.is_narrowed(trial)
+        widths.append(sum(_widths(trial).values()))
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == len(widths)
+    assert not delivery.judge(trial, {"latency_ms": 1.005, "flops": 10.0}, "architecture")
+    assert delivery.next_plan() is None
+    assert not delivery.is_narrowed(best)
+
+
+@pytest.mark.parametrize("record", [
+    {"latency_ms": 1.2, "flops": 10.0},    # 20% over: the wrong plan, not noise
+    {"latency_ms": 0.9, "flops": 60.0},    # a counted limit: never narrowed
+])
+def test_only_small_latency_misses_are_narrowed(space, record) -> None:
+    best = _planned(space, 0)
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.5, "max_flops_ratio": 0.5}})
+    delivery = Delivery(spec, BASELINE, [best], space=space)
+    assert not delivery.judge(delivery.next_plan(), record, "architecture")
+    assert delivery.next_plan() is None
+    # Without a space (nothing to narrow on) a small latency miss is final too.
+    plain = Delivery(spec, BASELINE, [best])
+    assert not plain.judge(best, {"latency_ms": 1.02, "flops": 10.0}, "architecture")
+    assert plain.next_plan() is None
