@@ -23,12 +23,11 @@ from core.catalog import (
 )
 from core.errors import InvalidSpecError
 from core.latency_agent import AGENT_NAME_PATTERN, AGENT_RUNTIMES
+from core.spec_fidelity import FidelitySpec, fidelity_problem
 
-# The objective's models live in core.spec_objective; importable from here as before.
+# The objective's models live in core.spec_objective; Constraints importable from here.
 from core.spec_objective import Constraints as Constraints
-from core.spec_objective import ObjectiveSpec as ObjectiveSpec
-from core.spec_objective import ObjectiveWeights as ObjectiveWeights
-from core.spec_objective import ParetoPick as ParetoPick
+from core.spec_objective import ObjectiveSpec
 
 MAX_TRIALS = 1000
 
@@ -281,6 +280,7 @@ class SearchSpec(_Strict):
         default="magnitude",
         description="which channels a pruned layer loses: L1 magnitude, or one of the scorers")
     trial_pruner: Literal["none", "median", "hyperband"] = "none"
+    fidelity: FidelitySpec = Field(default_factory=FidelitySpec)
 
 
 #: ``fine_tune.learning_rate`` is quoted for this batch size (see ``scale_learning_rate``).
@@ -357,6 +357,14 @@ class JobSpec(_Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     fine_tune: FineTuneSpec = Field(default_factory=FineTuneSpec)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _fidelity_fits(self) -> JobSpec:
+        problem = fidelity_problem(self.objective.mode, self.search.trial_pruner,
+                                   self.fine_tune.trial_budget(), self.search.fidelity)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _channels_agree(self) -> JobSpec:

@@ -1,5 +1,6 @@
 """The objective part of the job spec: mode, hard limits, weights, and which point of a
-Pareto front is delivered (``core.spec`` re-exports every name here).
+Pareto front is delivered (``core.spec`` uses ``ObjectiveSpec`` and re-exports
+``Constraints``).
 
 Torch-free, like the rest of the spec.
 """

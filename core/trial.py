@@ -10,13 +10,16 @@ with ``user_attrs`` and ``constraints`` (Optuna's ``Trial`` and ``FrozenTrial``)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, computed_field
 
+#: What a trial's accuracy can have measured, cheapest first (``TrialRecord.fidelity``).
+FIDELITIES = ("costs", "pruned", "probe", "short", "long")
+
 #: What the job's best-so-far and a trial's event show: the plan, accuracy and costs.
 HEADLINE_FIELDS = frozenset({"plan", "accuracy", "latency_ms", "latency_p90_ms", "memory_mb",
-                             "flops", "params", "feasible"})
+                             "flops", "params", "feasible", "fidelity"})
 
 
 def is_feasible(violations: Mapping[str, float]) -> bool:
@@ -55,6 +58,14 @@ class TrialRecord(BaseModel):
         accuracy: validation accuracy after the trial's fine-tune (the pruned network's
             own accuracy when it was not fine-tuned).
         accuracy_pruned: validation accuracy right after pruning, before fine-tuning.
+        accuracy_probe: validation accuracy after the adaptive-BatchNorm probe (BatchNorm
+            statistics re-estimated, no training; ``search.fidelity`` multi).
+        accuracy_seeds: a re-rank's accuracy with each seed (``accuracy`` is their mean).
+        fidelity: what ``accuracy`` measured (``FIDELITIES``): ``costs`` (the plan broke
+            a limit and was not evaluated), ``pruned`` (right after pruning, no
+            fine-tune), ``probe`` (screened out after the probe), ``short`` (the trial
+            fine-tune), ``long`` (a re-rank: a longer fine-tune, two seeds).
+        rerank_of: a re-rank trial's source: the number of the trial whose plan it is.
         latency_ms: median latency of one pass, in the baseline's timing conditions.
         latency_p90_ms: its 90th percentile.
         latency_ratio: measured latency over the unpruned network's, timed side by side.
@@ -88,6 +99,10 @@ class TrialRecord(BaseModel):
     projected: bool | None = None
     accuracy: float | None = None
     accuracy_pruned: float | None = None
+    accuracy_probe: float | None = None
+    accuracy_seeds: list[float] | None = None
+    fidelity: Literal["costs", "pruned", "probe", "short", "long"] | None = None
+    rerank_of: int | None = None
     latency_ms: float | None = None
     latency_p90_ms: float | None = None
     latency_ratio: float | None = None

@@ -43,6 +43,26 @@ def adaptive_bn_loss(model: nn.Module, splits: DataSplits) -> float:
     """
     device = next(model.parameters()).device
     batches = _batches(splits)
+    probe = _recalibrate(model, batches)
+    with torch.no_grad():
+        total, count = 0.0, 0
+        for images, labels in batches:
+            logits = probe(images.to(device))
+            total += float(functional.cross_entropy(logits.float(), labels.to(device),
+                                                    reduction="sum"))
+            count += int(labels.shape[0])
+    return total / max(count, 1)
+
+
+def recalibrated(model: nn.Module, splits: DataSplits) -> nn.Module:
+    """A copy of ``model`` in eval mode whose BatchNorm statistics were re-estimated on
+    the calibration split (the same images ``adaptive_bn_loss`` reads); ``model`` itself
+    is untouched. Scored on other images, it is EagleEye's adaptive-BN accuracy."""
+    return _recalibrate(model, _batches(splits))
+
+
+def _recalibrate(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> nn.Module:
+    device = next(model.parameters()).device
     probe = copy.deepcopy(model).train()
     with torch.no_grad():
         for module in probe.modules():
@@ -52,14 +72,7 @@ def adaptive_bn_loss(model: nn.Module, splits: DataSplits) -> float:
         for images, _labels in batches:
             if images.shape[0] > 1:  # BatchNorm cannot train on a single sample
                 probe(images.to(device))
-        probe.eval()
-        total, count = 0.0, 0
-        for images, labels in batches:
-            logits = probe(images.to(device))
-            total += float(functional.cross_entropy(logits.float(), labels.to(device),
-                                                    reduction="sum"))
-            count += int(labels.shape[0])
-    return total / max(count, 1)
+    return probe.eval()
 
 
 def _batches(splits: DataSplits) -> list[tuple[Tensor, Tensor]]:

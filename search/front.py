@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import TopiaryError
 from core.limits import active_limits
-from core.spec import ParetoPick
+from core.spec_objective import ParetoPick
 
 if TYPE_CHECKING:
     from search.result import FinishedTrial

@@ -18,6 +18,7 @@ timing of a warm-start plan) reuses its latency.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from core.trial import TrialRecord, is_feasible
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
 from models.measure import measure_model
-from models.plan import apply_plan
+from models.plan import PrunePlan, apply_plan
+from models.probe import recalibrated
 from models.train import evaluate, fine_tune
 from search.budget import claim_trial_slot
 from search.constraints import active_limits, violations
@@ -42,6 +44,8 @@ from search.projection import PlanProjection
 from search.space import SearchSpace
 
 TrialCallback = Callable[[optuna.Trial, int, float], None]
+#: Multi-fidelity: the step a trial reports its probe at; epoch ``e`` reports at ``1 + e``.
+PROBE_STEP = 1
 
 
 @dataclass
@@ -136,7 +140,10 @@ def timed_in_runtime(spec: JobSpec) -> bool:
             or spec.latency.target is not None)
 
 
-def _values(spec: JobSpec, record: dict[str, Any], baseline: dict[str, Any]) -> float | list[float]:
+def objective_values(spec: JobSpec, record: dict[str, Any], baseline: dict[str, Any]
+                     ) -> float | list[float]:
+    """A trial's objective value(s) from its record: accuracy (constrained), accuracy less
+    the weighted cost ratios (weighted), or accuracy, latency (and memory) (pareto)."""
     # A plan that broke a limit was not evaluated: it ranks by its violations, not this 0.
     accuracy = record["accuracy"] if record.get("accuracy") is not None else 0.0
     mode = spec.objective.mode
@@ -186,17 +193,66 @@ class Objective:
         record["fine_tune_seconds"] = 0.0
         # A plan that already breaks a counted limit is neither evaluated nor fine-tuned
         # (its accuracy stays None); the fine-tune's last evaluation is the accuracy.
+        record["fidelity"] = "costs"
+        constraints_stored = False
         if is_feasible(record["violations"]) or not self.limits:
             record["accuracy_pruned"] = evaluate(model, self.scored, split="val",
                                                  device=context.device)
-            record["fine_tune_seconds"], tuned = self._fine_tune(trial, model)
+            if self.multi_fidelity:
+                self._screen(trial, model, record)
+            record["fidelity"] = "short" if self.fine_tunes else "pruned"
+            # Stored before the fine-tune too, so a trial the pruner stops keeps it.
+            TrialRecord.model_validate(record).store(trial)
+            constraints_stored = True
+            record["fine_tune_seconds"], tuned = self._fine_tune(trial, model, record)
             record["accuracy"] = record["accuracy_pruned"] if tuned is None else tuned
         # Limits become the trial's Optuna constraints (once, final), the rest user attributes.
-        TrialRecord.model_validate(record).store(trial)
-        return _values(spec, record, context.baseline)
+        TrialRecord.model_validate({**record, "violations": None} if constraints_stored
+                                   else record).store(trial)
+        return objective_values(spec, record, context.baseline)
 
-    def _fine_tune(self, trial: optuna.Trial, model: nn.Module) -> tuple[float, float | None]:
-        """Seconds spent and the last epoch's validation accuracy (None: no fine-tune)."""
+    @property
+    def multi_fidelity(self) -> bool:
+        return self.context.spec.search.fidelity.mode == "multi"
+
+    @property
+    def fine_tunes(self) -> bool:
+        budget = self.context.spec.fine_tune.trial_budget()
+        return bool(budget["epochs"] or budget.get("steps"))
+
+    def _score(self, record: dict[str, Any], accuracy: float) -> float:
+        """What a single-objective trial reports for an intermediate accuracy: its value,
+        had it ended there (in weighted mode, with its cost penalties)."""
+        value = objective_values(self.context.spec, {**record, "accuracy": accuracy},
+                        self.context.baseline)
+        assert isinstance(value, float)
+        return value
+
+    def _screen(self, trial: optuna.Trial, model: nn.Module, record: dict[str, Any]) -> None:
+        """The adaptive-BatchNorm probe (``search.fidelity`` multi): its accuracy is the
+        trial's report at ``PROBE_STEP``, and the pruner (successive halving) decides
+        whether the plan earns its fine-tune.
+
+        Raises:
+            optuna.TrialPruned: it does not; the record is stored with fidelity ``probe``.
+        """
+        context = self.context
+        probed = recalibrated(model, context.splits)
+        record["accuracy_probe"] = evaluate(probed, self.scored, split="val",
+                                            device=context.device)
+        trial.report(self._score(record, record["accuracy_probe"]), PROBE_STEP)
+        if trial.should_prune():
+            TrialRecord.model_validate({**record, "fidelity": "probe"}).store(trial)
+            raise optuna.TrialPruned(f"screened out by the probe at "
+                                     f"{record['accuracy_probe']:.3f}")
+
+    def _fine_tune(self, trial: optuna.Trial, model: nn.Module, record: dict[str, Any]
+                   ) -> tuple[float, float | None]:
+        """Seconds spent and the last epoch's validation accuracy (None: no fine-tune).
+
+        Single-objective trials report each epoch's score, at step ``epoch`` (with
+        multi-fidelity at ``PROBE_STEP + epoch``, and the pruner is not asked after the
+        last epoch: the trial's work is done by then)."""
         context, spec = self.context, self.context.spec
         # {"epochs": n}, or {"epochs": 0, "steps": n} with fine_tune.trial_steps
         budget: dict[str, Any] = spec.fine_tune.trial_budget()
@@ -204,14 +260,16 @@ class Objective:
         if epochs == 0 and not budget.get("steps"):
             return 0.0, None
         single_objective = spec.objective.mode != "pareto"
+        offset = PROBE_STEP if self.multi_fidelity else 0
 
         def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
             accuracy = metrics.get("val_accuracy", 0.0)
             if context.on_epoch is not None:
                 context.on_epoch(trial, epoch, accuracy)
             if single_objective:
-                trial.report(accuracy, epoch)
-                if trial.should_prune():
+                trial.report(self._score(record, accuracy) if offset else accuracy,
+                             offset + epoch)
+                if (not offset or epoch < epochs) and trial.should_prune():
                     raise optuna.TrialPruned(f"stopped after epoch {epoch} at {accuracy:.3f}")
 
         started = time.perf_counter()
@@ -220,3 +278,17 @@ class Objective:
                             cancel_event=context.cancel_event, **budget,
                             **spec.fine_tune.training_settings())
         return time.perf_counter() - started, history["val_accuracy"][-1]
+
+    def fine_tuned_accuracy(self, plan: PrunePlan, scale: float, seed: int) -> float:
+        """The validation accuracy of ``plan``'s network after ``scale`` times the trial
+        fine-tune, with ``seed`` (a re-rank, ``search.rerank``)."""
+        context, spec = self.context, self.context.spec
+        model = copy.deepcopy(context.model)
+        importance = context.importance_factory(model) if context.importance_factory else None
+        apply_plan(model, plan, context.example_input(), importance=importance)
+        budget = {key: math.ceil(value * scale) if value else value
+                  for key, value in spec.fine_tune.trial_budget().items()}
+        history = fine_tune(model, self.scored, budget.pop("epochs"), seed=seed,
+                            device=context.device, cancel_event=context.cancel_event,
+                            **budget, **spec.fine_tune.training_settings())
+        return float(history["val_accuracy"][-1])

@@ -102,10 +102,15 @@ def _signs(study: optuna.Study) -> list[float]:
 
 def best_deliverable(study: optuna.Study) -> list[FinishedTrial]:
     """The best deliverable trials (``deliverable_trials``), most accurate first: the one
-    with the best objective value of a single-objective study, the Pareto front of a
+    with the best objective value of a single-objective study (among the re-ranked
+    trials once there are any, ``search.rerank``), the Pareto front of a
     multi-objective one (Optuna's rule: constrained dominance among feasible trials)."""
     trials = deliverable_trials(study)
     signs = _signs(study)
+    # Multi-fidelity: once plans were re-ranked (search.rerank), the best re-rank wins.
+    reranked = [trial for trial in trials if trial.record.fidelity == "long"]
+    if len(signs) == 1 and reranked:
+        trials = reranked
     if len(signs) == 1:
         return sorted(trials, key=lambda trial: (-signs[0] * trial.values[0], trial.number))[:1]
     front = [trial for trial in trials

@@ -6,7 +6,13 @@ import warnings
 from typing import Literal
 
 import optuna
-from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
+from optuna.pruners import (
+    BasePruner,
+    HyperbandPruner,
+    MedianPruner,
+    NopPruner,
+    SuccessiveHalvingPruner,
+)
 from optuna.samplers import BaseSampler, GPSampler, NSGAIISampler, RandomSampler, TPESampler
 
 from core.spec import JobSpec
@@ -43,7 +49,14 @@ def _startup_trials(spec: JobSpec) -> int:
 
 
 def make_pruner(spec: JobSpec) -> BasePruner:
-    """The trial pruner named by ``search.trial_pruner`` (``none`` never stops a trial)."""
+    """The trial pruner named by ``search.trial_pruner`` (``none`` never stops a trial),
+    or with ``search.fidelity`` multi, successive halving: rung 0 is the probe
+    (``search.objective.PROBE_STEP``), where only the best ``1 / reduction_factor`` of
+    the probed plans go on to their fine-tune, and it halves again over the epochs."""
+    if spec.search.fidelity.mode == "multi":
+        return SuccessiveHalvingPruner(min_resource=1,
+                                       reduction_factor=spec.search.fidelity.reduction_factor,
+                                       min_early_stopping_rate=0)
     name = spec.search.trial_pruner
     epochs = max(1, spec.fine_tune.trial_epochs)
     if name == "median":

@@ -21,7 +21,9 @@ OPTUNA_UNAVAILABLE = "the Optuna database (the trials) is unavailable"
 class TrialPublic(BaseModel):
     """One trial as the API shows it (missing measurements are None); the API's schema too.
 
-    The measurements are ``TrialRecord`` fields of the same names.
+    The measurements are ``TrialRecord`` fields of the same names; ``fidelity`` says what
+    ``accuracy`` measured (costs, pruned, probe, short, long), ``rerank_of`` the trial a
+    re-rank re-measured, ``projected`` that the sampled plan was scaled onto a limit.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -38,6 +40,10 @@ class TrialPublic(BaseModel):
     params: float | None
     feasible: bool | None
     fine_tune_seconds: float | None
+    fidelity: str | None
+    accuracy_probe: float | None
+    rerank_of: int | None
+    projected: bool | None
     started_at: datetime | None
     completed_at: datetime | None
 

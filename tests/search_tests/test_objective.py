@@ -56,6 +56,7 @@ def test_trials_record_every_metric_and_plans_over_a_counted_limit_are_projected
     assert first.constraints["max_flops_ratio"] <= 0
     assert TrialRecord.from_trial(second).feasible is True
     assert TrialRecord.from_trial(second).projected is False
+    assert all(TrialRecord.from_trial(trial).fidelity == "short" for trial in trials)
     assert second.user_attrs["fine_tune_seconds"] > 0
     assert second.user_attrs["flops"] <= 0.6 * baseline_metrics["flops"]
 
@@ -116,6 +117,7 @@ def test_no_feasible_plan_names_the_closest_and_how_far_it_missed(
     assert "no plan met the constraints" in result.message
     assert f"trial {result.closest.number}" in result.message and "max_params by" in result.message
     assert all(t.user_attrs["fine_tune_seconds"] == 0 for t in study.trials)
+    assert all(t.user_attrs["fidelity"] == "costs" for t in study.trials)
 
 
 def test_median_pruner_stops_trials_early(tmp_path, baseline, baseline_metrics) -> None:

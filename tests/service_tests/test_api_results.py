@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -38,7 +39,8 @@ def _make_study(url: str, name: str) -> None:
         attributes: dict[str, Any] = {
             "plan": {"label": label, "keep": {"layer1.0.conv1": 8}}, "accuracy": accuracy,
             "latency_ms": latency, "latency_p90_ms": latency * 1.1, "memory_mb": memory,
-            "flops": 1e6, "params": 2e4, "fine_tune_seconds": 1.5}
+            "flops": 1e6, "params": 2e4, "fine_tune_seconds": 1.5,
+            "fidelity": "short", "accuracy_probe": accuracy - 0.2}
         study.add_trial(create_trial(
             state=state, value=accuracy if state == TrialState.COMPLETE else None,
             params={"x": 0.5}, distributions={"x": FloatDistribution(0, 1)},
@@ -65,6 +67,9 @@ def test_trials_and_pareto_from_a_real_study(api: Api) -> None:
     assert (fast["accuracy"], fast["latency_ms"], fast["memory_mb"], fast["feasible"]) == (
         0.80, 5.0, 4.0, True)
     assert fast["latency_p90_ms"] == 5.5 and fast["fine_tune_seconds"] == 1.5
+    # What the accuracy measured (search.fidelity): the job page counts trials by it.
+    assert (fast["fidelity"], fast["accuracy_probe"]) == ("short", pytest.approx(0.6))
+    assert fast["rerank_of"] is None and fast["projected"] is None
     assert fast["values"] == [0.80] and by_label["failed"]["values"] is None
 
     pareto = api.client.get(f"/v1/jobs/{job_id}/pareto").json()

@@ -132,6 +132,7 @@ def seed_searched_job(engine: Engine, optuna_url: str, tenant_id: int, *,
         if not feasible:  # constraint missed: measured without the fine-tune
             metrics["accuracy"] -= 0.3
         TrialRecord(plan=plan.to_dict(), **metrics, fine_tune_seconds=1.2 if feasible else 0.0,
+                    fidelity="short" if feasible else "costs",
                     violations={"max_latency_ratio": metrics["latency_ms"] / max_latency - 1}
                     ).store(trial)
         scratch.tell(trial, metrics["accuracy"])

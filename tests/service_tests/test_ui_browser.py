@@ -244,6 +244,13 @@ def test_job_page_draws_every_trial_the_front_and_the_channels(
     assert page.evaluate("document.querySelector('.best-ring').dataset.trial") == str(
         job["best"]["trial"])
     assert _count(page, ".front-line") == 1 and _count(page, ".baseline-marker") == 1
+    # Each trial's fidelity (what its accuracy measured), counted under the chart.
+    fidelities = [t["fidelity"] for t in trials if t["fidelity"] is not None]
+    counted = ", ".join(f"{fidelities.count(name)} {name}" for name in ("costs", "short")
+                        if name in fidelities)
+    assert {"costs", "short"} <= set(fidelities)
+    assert f"by fidelity: {counted}" in page.evaluate(
+        "document.getElementById('tradeoff-note').textContent")
 
     plan, groups = job["best"]["plan"], job["baseline"]["groups"]
     rows = page.evaluate("[...document.querySelectorAll('.channels .layer')].map(g => "

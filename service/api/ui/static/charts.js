@@ -64,6 +64,8 @@ function trialTooltip(trial, onFront) {
   if (isNumber(trial.memory_mb)) parts.push(`memory ${trial.memory_mb.toFixed(2)} MB`);
   if (isNumber(trial.flops)) parts.push(`${(trial.flops / 1e6).toPrecision(3)}M MACs`);
   parts.push(trial.feasible ? "feasible" : "infeasible");
+  if (trial.fidelity) parts.push(`fidelity ${trial.fidelity}`);
+  if (isNumber(trial.rerank_of)) parts.push(`re-ranks trial ${trial.rerank_of}`);
   if (onFront) parts.push("on the Pareto front");
   return parts.join(" · ");
 }

@@ -8,6 +8,8 @@ import {
 } from "./common.js";
 
 const REFRESH_SECONDS = 3;
+// What a trial's accuracy measured, cheapest first (core.trial.FIDELITIES).
+const FIDELITIES = ["costs", "pruned", "probe", "short", "long"];
 const FORMATS = [
   { format: "safetensors", suffix: ".safetensors",
     about: "weights + plan; load with models.export.load_pruned" },
@@ -122,7 +124,8 @@ function renderLimits(job) {
 
 function renderTradeoff(job, trials, front) {
   const key = JSON.stringify([trials.map((t) => [t.number, t.state, t.accuracy, t.latency_ms,
-    t.feasible]), front.map((t) => t.number), job.best?.trial, job.baseline?.latency_ms]);
+    t.feasible, t.fidelity]), front.map((t) => t.number), job.best?.trial,
+    job.baseline?.latency_ms]);
   if (key === drawn.tradeoff) return;
   drawn.tradeoff = key;
   const shown = drawTradeoff(byId("tradeoff-chart"), {
@@ -132,7 +135,19 @@ function renderTradeoff(job, trials, front) {
   const note = [`${shown.points} trial${shown.points === 1 ? "" : "s"} plotted, ` +
     `${shown.front} on the Pareto front (accuracy, latency, memory)`];
   if (notPlotted > 0) note.push(`${notPlotted} not measured (running, stopped early or failed)`);
+  const fidelities = fidelityCounts(trials);
+  if (fidelities) note.push(`by fidelity: ${fidelities}`);
   byId("tradeoff-note").textContent = `${note.join("; ")}.`;
+}
+
+// "12 probe, 5 short, 2 long": how far each trial's plan was judged (TrialRecord.fidelity).
+function fidelityCounts(trials) {
+  const counts = new Map(FIDELITIES.map((name) => [name, 0]));
+  for (const trial of trials) {
+    if (counts.has(trial.fidelity)) counts.set(trial.fidelity, counts.get(trial.fidelity) + 1);
+  }
+  return [...counts].filter(([, count]) => count > 0)
+    .map(([name, count]) => `${count} ${name}`).join(", ");
 }
 
 function renderChannels(job) {

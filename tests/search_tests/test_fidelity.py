@@ -1,0 +1,93 @@
+"""Multi-fidelity trials: the adaptive-BatchNorm probe screens every plan, successive
+halving gives the fine-tune only to the most promising, and the best few are re-ranked
+by a longer fine-tune with two seeds before the final one."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import pytest
+from optuna.pruners import SuccessiveHalvingPruner
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from core.spec import JobSpec
+from core.trial import TrialRecord
+from search.objective import PROBE_STEP, Objective
+from search.rerank import RERANK_SEEDS, rerank
+from search.result import search_result
+from search.storage import open_storage
+from search.study import open_study, run_trials
+from service.trials import TrialPublic
+from tests.search_tests.conftest import make_context, make_spec
+
+MULTI = {"mode": "multi", "reduction_factor": 2, "rerank": 2, "rerank_factor": 2}
+
+
+def test_a_multi_fidelity_search_screens_fine_tunes_the_best_and_re_ranks_them(
+        tmp_path, baseline, baseline_metrics) -> None:
+    spec = make_spec(search={"n_trials": 8, "sampler": "random", "fidelity": MULTI})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    assert isinstance(study.pruner, SuccessiveHalvingPruner)
+    objective = Objective(context)
+    assert run_trials(study, objective, spec) == "budget"
+
+    trials = study.get_trials(deepcopy=False)
+    records = {trial.number: TrialRecord.from_trial(trial) for trial in trials}
+    screened = [t for t in trials if t.state == TrialState.PRUNED]
+    tuned = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert screened and tuned, [t.state for t in trials]
+    for trial in screened:  # judged by the probe alone: no fine-tune
+        record = records[trial.number]
+        assert record.fidelity == "probe" and record.accuracy_probe is not None
+        assert record.accuracy is None and record.plan is not None
+        assert list(trial.intermediate_values) == [PROBE_STEP]
+        assert TrialPublic.from_trial(trial).fidelity == "probe"
+    for trial in tuned:  # the probe first, then the fine-tune's epoch at PROBE_STEP + 1
+        record = records[trial.number]
+        assert record.fidelity == "short" and record.accuracy_probe is not None
+        assert (record.fine_tune_seconds or 0) > 0
+        assert sorted(trial.intermediate_values) == [PROBE_STEP, PROBE_STEP + 1]
+        assert trial.intermediate_values[PROBE_STEP] == pytest.approx(record.accuracy_probe)
+
+    added = rerank(study, objective)
+    assert len(added) == 2 and rerank(study, objective) == []  # done once, not repeated
+    best_short = sorted(tuned, key=lambda t: (-t.values[0], t.number))[:2]
+    long = [TrialRecord.from_trial(study.trials[number]) for number in added]
+    assert [record.rerank_of for record in long] == [t.number for t in best_short]
+    for record, source in zip(long, best_short, strict=True):
+        assert record.fidelity == "long" and record.plan == records[source.number].plan
+        assert record.accuracy_seeds is not None and len(record.accuracy_seeds) == RERANK_SEEDS
+        assert record.accuracy == pytest.approx(statistics.fmean(record.accuracy_seeds))
+        assert record.feasible is True
+    result = search_result(study, spec)
+    assert result.best is not None and result.best.number in added
+    assert result.best.record.accuracy == max(record.accuracy or 0 for record in long)
+
+
+def _spec(search: dict[str, Any], **sections: Any) -> JobSpec:
+    return JobSpec.model_validate({"name": "t", "model": {"arch": "cifar_resnet20"},
+                                   "dataset": {"name": "digits"}, "search": search,
+                                   **sections})
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"objective": {"mode": "pareto"}}, "a pareto job has several objectives"),
+    ({"objective": {"mode": "weighted"}, "search": {"trial_pruner": "median"}},
+     "leave search.trial_pruner at none"),
+    ({"objective": {"mode": "weighted"}, "fine_tune": {"trial_epochs": 0}},
+     "trial_epochs >= 1 or trial_steps"),
+    ({"objective": {"mode": "weighted"}, "search": {"reduction_factor": 1}},
+     "greater than or equal to 2"),
+])
+def test_a_multi_fidelity_search_that_cannot_run_is_refused_saying_why(
+        sections: dict[str, Any], message: str) -> None:
+    search = sections.pop("search", {})
+    fidelity = {"mode": "multi", **{key: search.pop(key) for key in ["reduction_factor"]
+                                    if key in search}}
+    with pytest.raises(ValidationError, match=message):
+        _spec({**search, "fidelity": fidelity}, **sections)
+    assert _spec({"fidelity": {"mode": "multi"}},
+                 objective={"mode": "weighted"}).search.fidelity.rerank == 3
