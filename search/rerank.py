@@ -25,8 +25,11 @@ from models.plan import PrunePlan
 from search.objective import Objective, objective_values
 from search.result import deliverable_trials
 
-__all__ = ["RERANK_SEEDS", "rerank"]
+__all__ = ["RERANK_OF_ATTR", "RERANK_SEEDS", "rerank"]
 
+#: User attribute of a re-rank trial: the number of the trial whose plan it re-measured
+#: (``TrialRecord.rerank_of``).
+RERANK_OF_ATTR = "rerank_of"
 #: Seeds of every re-rank fine-tune.
 RERANK_SEEDS = 2
 #: Re-rank seeds are ``spec.seed + RERANK_SEED_BASE + k``: never a trial's own seed.

@@ -12,6 +12,7 @@ from core.progress import JobProgress
 from core.spec import JobSpec
 from core.trial import TrialRecord
 from search.budget import is_surplus
+from search.rerank import RERANK_OF_ATTR
 from search.result import best_feasible_trials
 from search.study import STARTED_AT_ATTR
 
@@ -27,7 +28,9 @@ def progress_of(study: optuna.Study, spec: JobSpec) -> tuple[dict[str, Any], dic
     Elapsed time counts from the start of the search (shared by every worker);
     ``core.progress`` estimates the time left from it.
     """
-    trials = [t for t in study.get_trials(deepcopy=False) if not is_surplus(t)]
+    # Re-rank trials (search.rerank) measure plans again after the budget: not counted.
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if not is_surplus(t) and RERANK_OF_ATTR not in t.user_attrs]
     count = {state: sum(1 for t in trials if t.state == state) for state in TrialState}
     started = float(study.user_attrs.get(STARTED_AT_ATTR, time.time()))
     progress = JobProgress(

@@ -21,6 +21,7 @@ from search.storage import open_storage
 from search.study import open_study, run_trials
 from service.trials import TrialPublic
 from tests.search_tests.conftest import make_context, make_spec
+from workers.progress import progress_of
 
 MULTI = {"mode": "multi", "reduction_factor": 2, "rerank": 2, "rerank_factor": 2}
 
@@ -62,6 +63,9 @@ def test_a_multi_fidelity_search_screens_fine_tunes_the_best_and_re_ranks_them(
         assert record.accuracy_seeds is not None and len(record.accuracy_seeds) == RERANK_SEEDS
         assert record.accuracy == pytest.approx(statistics.fmean(record.accuracy_seeds))
         assert record.feasible is True
+    progress, best = progress_of(study, spec)  # re-ranks are not among the n_trials
+    assert progress["trials_complete"] + progress["trials_pruned"] == 8
+    assert best is not None and best["trial"] in added and best["fidelity"] == "long"
     result = search_result(study, spec)
     assert result.best is not None and result.best.number in added
     assert result.best.record.accuracy == max(record.accuracy or 0 for record in long)
