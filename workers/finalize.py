@@ -35,6 +35,7 @@ from search.study import open_study, study_name_for
 from service.jobs import ArtifactFile, JobStatus, fail_job, get_job, succeed_job, transition
 from workers.context import search_context
 from workers.files import CHECKPOINT_FILES
+from workers.reranking import rerank_best
 from workers.runtime import JobRun, WorkerRuntime
 
 NO_FEASIBLE_PLAN = "no_feasible_plan"
@@ -47,6 +48,10 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
     when no plan tried meets its limits in the final timing (``search.delivery``)."""
     spec, job = run.spec, run.job
     study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(job.id), spec)
+    context = None
+    if spec.search.fidelity.mode == "multi":  # the best plans re-ranked first
+        context = search_context(runtime, run)
+        rerank_best(runtime, run, study, context)
     # The baseline's metrics: what the ratios of a pareto job's pick.limit are of.
     result = search_result(study, spec, get_job(runtime.engine, job.id).baseline)
     if not result.feasible or result.best is None:
@@ -55,7 +60,7 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
                  worker_id=runtime.worker_id)
         return
     runtime.event(run, "result", result.message, {"trial": result.best.number})
-    context = search_context(runtime, run)
+    context = context or search_context(runtime, run)
     best = result.best
     delivery = Delivery(spec, context.baseline, [best, *(
         trial for trial in feasible_ranked(study) if trial.number != best.number)],

@@ -3,8 +3,8 @@
 Any number of workers of the job's device type take part. After every trial
 the worker writes the job's progress and a log line. When the study has its
 trials (or the time budget is spent), every participant tries the guarded
-move to ``finalizing``; exactly one wins, re-ranks the best plans when the
-search is multi-fidelity (``search.rerank``) and finalises. A participant that
+move to ``finalizing``; exactly one wins and finalises (re-ranking the best
+plans first when the search is multi-fidelity, ``workers.reranking``). A participant that
 waits on other trials runs the job's stall detector (``workers.stall``).
 """
 
@@ -16,7 +16,6 @@ from optuna.trial import FrozenTrial, TrialState
 from core.trial import HEADLINE_FIELDS, TrialRecord
 from search.budget import is_surplus
 from search.objective import Objective
-from search.rerank import RERANK_SEEDS, rerank
 from search.storage import open_storage, silence_optuna_logs
 from search.study import open_study, run_trials, study_name_for
 from service.errors import InvalidTransitionError
@@ -58,8 +57,7 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
                        "worker": runtime.worker_id,
                        **record.model_dump(include=set(HEADLINE_FIELDS - {"plan"}))})
 
-    objective = Objective(context)
-    reason = run_trials(study, objective, spec, should_stop=run.cancel.is_set,
+    reason = run_trials(study, Objective(context), spec, should_stop=run.cancel.is_set,
                         on_trial=after_trial, on_wait=StallWatch(runtime, run))
     if reason == "stopped":
         return False
@@ -71,22 +69,4 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
                    phase="finalizing")
     except InvalidTransitionError:
         return False  # another participant finalises (or the job ended)
-    _rerank(runtime, run, study, objective)
     return True
-
-
-def _rerank(runtime: WorkerRuntime, run: JobRun, study: optuna.Study,
-            objective: Objective) -> None:
-    """Multi-fidelity's last rung (``search.rerank``), by the worker that finalises."""
-    fidelity = run.spec.search.fidelity
-    if fidelity.mode != "multi" or not fidelity.rerank:
-        return
-    runtime.phase(run, f"re-ranking the {fidelity.rerank} best plans: {fidelity.rerank_factor:g}"
-                       f" times the trial fine-tune, {RERANK_SEEDS} seeds")
-    for number in rerank(study, objective):
-        record = TrialRecord.from_trial(study.trials[number])
-        runtime.event(run, "trial", f"trial {number} re-ranks trial {record.rerank_of}: "
-                      f"accuracy {record.accuracy or 0:.3f} "
-                      f"(seeds {', '.join(f'{a:.3f}' for a in record.accuracy_seeds or [])})",
-                      {"number": number, "state": "COMPLETE", "worker": runtime.worker_id,
-                       **record.model_dump(include=set(HEADLINE_FIELDS - {"plan"}))})
