@@ -23,6 +23,7 @@ from torch import nn
 
 from core.errors import InvalidSpecError
 from core.latency_agent import AGENT_RUNTIMES, AgentAddress
+from core.ov_core import shared_core
 from models.agent_client import compare_on_agent
 from models.devices import resolve_device
 from models.export import export_onnx
@@ -94,9 +95,7 @@ def _onnxruntime_session(path: Path, device: torch.device, threads: int | None
 
 
 def _openvino_session(path: Path, threads: int | None) -> Callable[[np.ndarray], object]:
-    import openvino
-
-    core = openvino.Core()
+    core = shared_core()  # never one Core per network: see core.ov_core
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads

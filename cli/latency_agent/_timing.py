@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from core.latency_agent import AGENT_RUNTIMES, CompareRequest, CompareResult, NetworkTiming
+from core.ov_core import shared_core
 
 __all__ = ["ModelRefused", "TimingTooLong", "available_runtimes", "check_model",
            "compare_models", "cpu_name"]
@@ -94,9 +95,7 @@ def _onnxruntime_session(path: Path, device: str, threads: int | None) -> _Sessi
 
 
 def _openvino_session(path: Path, threads: int | None) -> _Session:
-    import openvino
-
-    core = openvino.Core()
+    core = shared_core()  # never one Core per network: see core.ov_core
     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads

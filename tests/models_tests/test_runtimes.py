@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from models.runtimes import (
     tensorrt_present,
     usable_runtimes,
 )
+from tests.support import REPOSITORY
 
 SHAPE = (3, 16, 16)
 
@@ -63,3 +67,36 @@ def test_eager_pytorch_times_networks_not_files(networks, tmp_path) -> None:
     assert reference.threads == 1 and candidate.runs == 3
     with pytest.raises(InvalidSpecError, match="not ONNX files"):
         side.compare(tmp_path / "any.onnx")
+
+
+_SIGNAL_AFTER_OPENVINO = """
+import copy, gc, os, signal, sys
+import torch
+from models import build_model
+from models.runtimes import SideBySide
+
+model = build_model("cifar_resnet20", num_classes=10).eval()
+for _ in range(2):  # sessions made and dropped as a worker's trials make and drop them
+    side = SideBySide(model, (3, 16, 16), "openvino", threads=1)
+    loaded = side.load(copy.deepcopy(model))
+    side.compare(loaded, warmup=1, runs=2)
+    del side  # the reference first: not the reverse of the order they were made in
+    gc.collect()
+    del loaded
+    gc.collect()
+received = []
+signal.signal(signal.SIGUSR1, lambda *_: received.append(1))  # as SIGCHLD, SIGTERM are
+os.kill(os.getpid(), signal.SIGUSR1)
+assert received == [1]
+print("alive")
+"""
+
+
+def test_a_signal_after_openvino_sessions_are_dropped_is_handled_not_fatal() -> None:
+    """OpenVINO Cores destroyed out of order left the main thread on a freed signal
+    stack, and the next handled signal (SIGCHLD after DataLoader workers, a worker's
+    SIGTERM) was a segmentation fault (``core.ov_core``)."""
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_OPENVINO], cwd=REPOSITORY,
+                          env={**os.environ, "PYTHONPATH": str(REPOSITORY)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "alive" in done.stdout, (done.returncode, done.stderr[-2000:])
