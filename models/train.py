@@ -25,12 +25,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn import functional
 
 from core.errors import InvalidSpecError, TrainingCancelled, TrainingDivergedError
 from models.architectures import build_model
 from models.datasets import DataSplits
+from models.distillation import distillation_loss
 from models.evaluation import evaluate
 from models.optimizer import autocast, autocast_dtype, make_optimizer, make_schedule
 
@@ -149,36 +150,6 @@ class TrainConfig:
         if self.channels_last is None:
             return torch.device(self.device).type == "cuda"
         return self.channels_last
-
-
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
-                      alpha: float, temperature: float, label_smoothing: float = 0.0) -> Tensor:
-    """Hinton et al.'s knowledge-distillation loss.
-
-    ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-    + (1 - alpha) * cross_entropy(student, labels)``; the ``T^2`` keeps the soft
-    term's gradients on the scale of the hard term's.
-
-    Args:
-        student_logits: the trained network's outputs.
-        teacher_logits: the teacher's outputs for the same batch (no gradient).
-        labels: the true classes.
-        alpha: weight of the distillation term in [0, 1].
-        temperature: softmax temperature T.
-        label_smoothing: applied to the cross-entropy term.
-
-    Returns:
-        The scalar loss, averaged over the batch.
-    """
-    soft = functional.kl_div(
-        functional.log_softmax(student_logits.float() / temperature, dim=1),
-        functional.log_softmax(teacher_logits.float() / temperature, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * temperature**2
-    hard = functional.cross_entropy(student_logits.float(), labels,
-                                    label_smoothing=label_smoothing)
-    return alpha * soft + (1 - alpha) * hard
 
 
 def _check_cancel(cancel_event: threading.Event | None) -> None:
