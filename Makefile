@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Two pytest-xdist workers (the two cores of CI), handed a module at a time (its module
 # fixtures are built once, its tests run in order), the modules with slow tests first
-# (tests/conftest.py). TEST_PARALLEL= runs everything in one process.
-TEST_PARALLEL ?= -n 2 --dist loadscope --no-loadscope-reorder
+# (tests/conftest.py). A worker process that dies ends the run with its failure instead of
+# being replaced (xdist's loadscope cannot hand a crashed worker's module on; it hung CI).
+# TEST_PARALLEL= runs everything in one process.
+TEST_PARALLEL ?= -n 2 --dist loadscope --no-loadscope-reorder --max-worker-restart=0
 
 .PHONY: install test demo lint bench clean
 
