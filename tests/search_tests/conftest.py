@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from torch import nn
@@ -14,6 +16,15 @@ from models.train import TrainConfig, train_baseline
 from search.costs import LatencyTimer
 from search.objective import SearchContext, measure_baseline
 from search.space import SearchSpace
+
+
+def study_of(tmp_path: Path, directions: list[str], *trials: optuna.trial.FrozenTrial
+             ) -> optuna.Study:
+    """A SQLite study under ``tmp_path`` holding ``trials`` (made with Optuna's create_trial)."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                directions=directions)
+    study.add_trials(trials)
+    return study
 
 
 def make_spec(**overrides: object) -> JobSpec:

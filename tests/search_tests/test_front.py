@@ -17,7 +17,7 @@ from models.plan import removable_blocks
 from search.delivery import feasible_ranked
 from search.result import search_result
 from search.seeding import seed_plans
-from tests.search_tests.conftest import make_spec
+from tests.search_tests.conftest import make_spec, study_of
 from workers.progress import progress_of
 
 UNPRUNED: dict[str, Any] = {"keep": {}, "drop_blocks": [], "round_to": 8}
@@ -38,14 +38,6 @@ def _trial(values: list[float], plan: dict[str, Any]) -> optuna.trial.FrozenTria
                                                      exclude_none=True))
 
 
-def _study(tmp_path: Path, directions: list[str], *trials: optuna.trial.FrozenTrial
-           ) -> optuna.Study:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                                directions=directions)
-    study.add_trials(trials)
-    return study
-
-
 def _pareto(**pick: Any) -> Any:
     objective: dict[str, Any] = {"mode": "pareto", "constraints": {}}
     if pick:
@@ -62,13 +54,13 @@ FRONT = [([0.99, 10.0], UNPRUNED),     # 0: the unpruned network, dominating tri
          ([0.70, 4.8], _plan(16))]     # 5: dominated by 3
 
 
-def _front_study(tmp_path: Path) -> optuna.Study:
-    return _study(tmp_path, ["maximize", "minimize"],
+def _frontstudy_of(tmp_path: Path) -> optuna.Study:
+    return study_of(tmp_path, ["maximize", "minimize"],
                   *(_trial(values, plan) for values, plan in FRONT))
 
 
 def test_weighted_mode_never_finalises_the_unpruned_plan(tmp_path: Path) -> None:
-    study = _study(tmp_path, ["maximize"], _trial([0.9], UNPRUNED), _trial([0.7], _plan(16)),
+    study = study_of(tmp_path, ["maximize"], _trial([0.9], UNPRUNED), _trial([0.7], _plan(16)),
                    _trial([0.8], _plan(32)))
     spec = make_spec(objective={"mode": "weighted", "constraints": {}})
     assert study.best_trial.number == 0  # Optuna alone would deliver the unpruned network
@@ -80,7 +72,7 @@ def test_weighted_mode_never_finalises_the_unpruned_plan(tmp_path: Path) -> None
 
 def test_the_pareto_front_leaves_out_the_unpruned_plan_but_not_what_it_dominated(
         tmp_path: Path) -> None:
-    study = _front_study(tmp_path)
+    study = _frontstudy_of(tmp_path)
     assert {trial.number for trial in study.best_trials} == {0, 2, 3, 4}
     result = search_result(study, _pareto())
     assert [trial.number for trial in result.pareto] == [1, 2, 3, 4]
@@ -90,14 +82,14 @@ def test_the_pareto_front_leaves_out_the_unpruned_plan_but_not_what_it_dominated
 
 def test_a_study_of_nothing_but_the_unpruned_plan_has_nothing_to_finalise(
         tmp_path: Path) -> None:
-    study = _study(tmp_path, ["maximize", "minimize"], _trial([0.99, 10.0], UNPRUNED))
+    study = study_of(tmp_path, ["maximize", "minimize"], _trial([0.99, 10.0], UNPRUNED))
     result = search_result(study, _pareto())
     assert not result.feasible and result.best is None and result.closest is None
     assert "pruned anything" in result.message
 
 
 def test_pick_by_index_counts_from_the_most_accurate_plan(tmp_path: Path) -> None:
-    study = _front_study(tmp_path)
+    study = _frontstudy_of(tmp_path)
     first = search_result(study, _pareto(pick={"index": 0})).best
     assert first is not None and first.number == 1
     last = search_result(study, _pareto(pick={"index": 99}))
@@ -106,7 +98,7 @@ def test_pick_by_index_counts_from_the_most_accurate_plan(tmp_path: Path) -> Non
 
 
 def test_pick_by_limit_is_the_most_accurate_plan_within_it(tmp_path: Path) -> None:
-    study = _front_study(tmp_path)
+    study = _frontstudy_of(tmp_path)
     baseline = {"latency_ms": 10.0, "memory_mb": 1.0, "flops": 1.0, "params": 1.0}
     within = search_result(study, _pareto(pick={"limit": {"max_latency_ratio": 0.46}}),
                            baseline)

@@ -10,7 +10,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.result import best_feasible_trials, search_result
-from tests.search_tests.conftest import make_spec
+from tests.search_tests.conftest import make_spec, study_of
 from workers.progress import progress_of
 
 
@@ -27,16 +27,8 @@ def _trial(values: list[float], violation: float, label: str, *,
                         user_attrs=attrs, constraints={"max_flops_ratio": violation})
 
 
-def _study(tmp_path: Path, directions: list[str], *trials: optuna.trial.FrozenTrial
-           ) -> optuna.Study:
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-                                directions=directions)
-    study.add_trials(trials)
-    return study
-
-
 def test_the_best_plan_is_optunas_best_feasible_trial(tmp_path: Path) -> None:
-    study = _study(tmp_path, ["maximize"],
+    study = study_of(tmp_path, ["maximize"],
                    _trial([0.99], 0.2, "too big"),  # the most accurate breaks a limit
                    _trial([0.90], -0.1, "fits"),
                    _trial([0.80], 0.0, "just fits"),
@@ -52,7 +44,7 @@ def test_the_best_plan_is_optunas_best_feasible_trial(tmp_path: Path) -> None:
 
 
 def test_nothing_feasible_names_the_closest_miss(tmp_path: Path) -> None:
-    study = _study(tmp_path, ["maximize"], _trial([0.99], 0.5, "far"),
+    study = study_of(tmp_path, ["maximize"], _trial([0.99], 0.5, "far"),
                    _trial([0.50], 0.05, "close"))
     result = search_result(study, make_spec())
     assert not result.feasible and result.best is None and best_feasible_trials(study) == []
@@ -62,7 +54,7 @@ def test_nothing_feasible_names_the_closest_miss(tmp_path: Path) -> None:
 
 
 def test_the_pareto_front_is_optunas_feasible_front(tmp_path: Path) -> None:
-    study = _study(tmp_path, ["maximize", "minimize"],
+    study = study_of(tmp_path, ["maximize", "minimize"],
                    _trial([0.99, 1.0], 0.3, "infeasible, dominates all"),
                    _trial([0.90, 3.0], -0.1, "accurate"),
                    _trial([0.80, 2.0], -0.1, "fast"),
