@@ -9,7 +9,6 @@ the study (enqueued plans are not queued twice) are all reused.
 from __future__ import annotations
 
 from models.importance import ImportanceScores, ScoreCache, cached_score
-from models.plan import prunable_groups, removable_blocks
 from search.costs import LatencyCache
 from search.objective import latency_counts, measure_baseline
 from search.seeding import PlanProbe, seed_plans, target_ratio
@@ -17,8 +16,7 @@ from search.space import SearchSpace
 from search.storage import open_storage
 from search.study import enqueue_plans, open_study, study_name_for
 from service.jobs import JobStatus, set_baseline, set_study_name, transition
-from workers.baseline import baseline_model
-from workers.context import scored_dataset
+from workers.context import job_network, scored_dataset
 from workers.runtime import JobRun, WorkerRuntime
 
 
@@ -27,12 +25,9 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
     spec, job = run.spec, run.job
     runtime.phase(run, f"loading dataset {spec.dataset.name}")
     splits = runtime.load_data(spec)
-    model = baseline_model(runtime, run, splits)
-    example = splits.example_input().to(runtime.device.name)
-    round_to = spec.channel_multiple(runtime.device.type)
-    groups = prunable_groups(model, example, round_to=round_to,
-                             min_keep_ratio=spec.search.min_keep_ratio)
-    blocks = removable_blocks(model, example)
+    network = job_network(runtime, run, splits)
+    model, example, groups, blocks = network.model, network.example, network.groups, \
+        network.blocks
     baseline = job.baseline
     if not baseline:
         runtime.phase(run, f"measuring the baseline on {runtime.device.description} "
@@ -58,7 +53,7 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
         runtime.phase(run, f"scoring filters and blocks with {method}")
         scores[method] = cached_score(cache, model, splits, method, dataset, groups, blocks)
         runtime.event(run, "scores", f"{method} scores in {scores[method].seconds:.1f} s")
-    space = SearchSpace.from_spec(groups, blocks, spec.search, round_to=round_to)
+    space = network.space(spec)
     runtime.phase(run, "creating the study and its warm-start trials")
     measured = LatencyCache()
     plans = seed_plans(model, example, groups, space_blocks(space, blocks), scores,
