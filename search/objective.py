@@ -286,8 +286,8 @@ class Objective:
         model = copy.deepcopy(context.model)
         importance = context.importance_factory(model) if context.importance_factory else None
         apply_plan(model, plan, context.example_input(), importance=importance)
-        budget = {key: math.ceil(value * scale) if value else value
-                  for key, value in spec.fine_tune.trial_budget().items()}
+        budget: dict[str, Any] = {key: math.ceil(value * scale) if value else value
+                                  for key, value in spec.fine_tune.trial_budget().items()}
         history = fine_tune(model, self.scored, budget.pop("epochs"), seed=seed,
                             device=context.device, cancel_event=context.cancel_event,
                             **budget, **spec.fine_tune.training_settings())

@@ -69,9 +69,10 @@ def rerank(study: optuna.Study, objective: Objective) -> list[int]:
             "fine_tune_seconds": time.perf_counter() - started}
         stored = TrialRecord.model_validate(record)
         original = frozen[source.number]
+        values = objective_values(spec, record, objective.context.baseline)
         study.add_trial(create_trial(
             state=TrialState.COMPLETE,
-            values=[float(objective_values(spec, record, objective.context.baseline))],
+            values=values if isinstance(values, list) else [float(values)],
             params=original.params, distributions=original.distributions,
             user_attrs=stored.model_dump(exclude={"violations", "feasible"}, exclude_none=True),
             constraints=stored.violations or None))
