@@ -127,6 +127,7 @@ class Setup:
     groups: list
     blocks: list
     cache: Path
+    key: str  # the baseline's: what trained it
 
     def round_to(self) -> int:
         return make_spec(self.profile, TARGETS[0][1], "tpe", None, 0).channel_multiple(
@@ -181,7 +182,7 @@ def prepare(profile: Profile, cache: Path, log: Callable[[str], None]) -> Setup:
     scores = {method: cached_score(ScoreCache(cache / "scores"), model, splits, method,
                                    identity, groups, blocks)
               for method in ("attention", "pls")}
-    return Setup(profile, model, splits, baseline, scores, groups, blocks, cache)
+    return Setup(profile, model, splits, baseline, scores, groups, blocks, cache, key)
 
 
 class StepMeter:
@@ -246,8 +247,7 @@ def _warm_start(setup: Setup, spec: JobSpec, space: SearchSpace, warm: list[str]
     them with. They do not depend on the seed: made once per row and target (cached
     beside the baseline), the seeds after the first reuse them and their timings."""
     profile = setup.profile
-    path = setup.cache / (f"seeds-{profile.name}-{row.split(')')[0][1:]}-{target}-"
-                          f"{int(setup.baseline['flops'])}.json")
+    path = setup.cache / f"seeds-{setup.key}-{row.split(')')[0][1:]}-{target}.json"
     measured = LatencyCache()
     if path.exists():
         stored = json.loads(path.read_text())

@@ -79,10 +79,10 @@ OUT = Path(__file__).resolve().parent / "out"
 ROWS = (*SEARCHES, *ONE_SHOTS)
 # Sized on this 2-core machine by the quick profile (see the note in the cpu profile).
 PROFILES = {
-    "quick": Profile("quick", "cifar_resnet20", 16, 6000, baseline_epochs=12,
+    "quick": Profile("quick", "cifar_resnet20", 16, 12000, baseline_epochs=20,
                      trial_steps=20, search_steps=600, final_steps=300,
                      trial_eval_images=1000, seeds=(0,), targets=(2,)),
-    "cpu": Profile("cpu", "cifar_resnet20", 16, 6000, baseline_epochs=12,
+    "cpu": Profile("cpu", "cifar_resnet20", 16, 12000, baseline_epochs=20,
                    trial_steps=20, search_steps=600, final_steps=300,
                    trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2)),
     # Untested here (no GPU): sized by estimate for one H200, 4 processes side by side.
