@@ -202,6 +202,15 @@ def _after_transaction(session: Session) -> None:
     _WriterQueue.leave(session)
 
 
+def read_only_engine(engine: Engine) -> Engine:
+    """``engine`` for sessions that only read: on PostgreSQL its connections run in
+    autocommit (no BEGIN and COMMIT round trips; psycopg switches client-side, and the
+    pool puts the default back on return). SQLite starts no transaction for a read anyway."""
+    if engine.dialect.name == "sqlite":
+        return engine
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 def request_session(engine: Engine) -> Session:
     """A session for a caller that commits and closes it itself (with :func:`close_session`);
     it takes this process's SQLite writer turn like :func:`session_scope`'s."""

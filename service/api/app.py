@@ -23,7 +23,8 @@ from service.api.metrics import Metrics, RequestMetricsMiddleware
 from service.api.routes import catalog, docs, events, health, jobs, results, ui, weights
 from service.api.routes.events import StreamSlots
 from service.config import Settings, get_settings
-from service.db import create_engine_for
+from service.db import create_engine_for, read_only_engine
+from service.jobs import LiveWorkers
 from service.logs import configure_logging
 from service.tenants import DEFAULT_TENANT
 from service.trials import StudyReader
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Prune PyTorch CNNs to a latency and memory budget.")
     app.state.settings = settings
     app.state.engine = engine
+    app.state.read_engine = read_only_engine(engine)
+    app.state.live_workers = LiveWorkers()
     app.state.study_reader = study_reader
     app.state.metrics = Metrics()
     app.state.stream_slots = StreamSlots(settings.max_streams_per_key)

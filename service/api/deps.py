@@ -18,8 +18,12 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import KEY_HASH, TENANT, PresentedKey, presented_key
 from service.config import Settings
 from service.db import close_session, database_error, request_session
+from service.jobs import LiveWorkers
 from service.tenants import TenantIdentity
 from service.trials import StudyReader
+
+#: Methods that only read: their session runs without a transaction (``read_engine``).
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 # Marks an endpoint wrapped by ``CommittingRoute`` (FastAPI may copy a route when a
 # router is included; the endpoint it keeps is the wrapped one).
@@ -39,7 +43,12 @@ async def get_study_reader(request: Request) -> StudyReader:
     return request.app.state.study_reader  # type: ignore[no-any-return]
 
 
+async def get_live_workers(request: Request) -> LiveWorkers:
+    return request.app.state.live_workers  # type: ignore[no-any-return]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LiveWorkersDep = Annotated[LiveWorkers, Depends(get_live_workers)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 StudyReaderDep = Annotated[StudyReader, Depends(get_study_reader)]
 
@@ -102,13 +111,19 @@ async def get_session(request: Request) -> Session:
     """The request's session; it connects on first use, in the route's worker thread,
     where ``CommittingRoute`` commits and closes it (no other route may take one).
 
+    A GET or HEAD reads through ``app.state.read_engine``: on PostgreSQL in autocommit,
+    which saves the BEGIN and COMMIT round trips around its few SELECTs (each statement
+    sees the latest committed rows, as separate requests would).
+
     Raises:
         TypeError: the route is not served by ``CommittingRoute``.
     """
     if not _serves_in_one_call(request.scope.get("route")):
         raise TypeError("SessionDep is for sync routes of a CommittingRoute router, which "
                         "commit and close it")
-    return request_session(request.app.state.engine)
+    state = request.app.state
+    return request_session(state.read_engine if request.method in SAFE_METHODS
+                           else state.engine)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -59,6 +59,7 @@ from service.jobs._transitions import (
     transition,
 )
 from service.jobs._workers import (
+    LiveWorkers,
     count_live_workers,
     register_worker,
     stop_worker,
@@ -67,6 +68,7 @@ from service.jobs._workers import (
 )
 
 __all__ = [
+    "LiveWorkers",
     "ACTIVE_STATUSES",
     "ALLOWED_FROM",
     "ARTIFACT_KINDS",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -86,7 +88,33 @@ def _live_capabilities(session: Session, within_seconds: float) -> tuple[Any, di
     return _LIVE_CAPABILITIES["sqlite"], {"cutoff": utcnow() - within}
 
 
-def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str | None:
+class LiveWorkers:
+    """The live workers' capabilities, read from the database at most once per ``max_age``
+    seconds (one per API process: a busy server polls ``GET /v1/jobs/{id}`` for many
+    waiting jobs, and what it tells them may be that much older than the heartbeats)."""
+
+    def __init__(self, max_age_seconds: float = 1.0) -> None:
+        self.max_age_seconds = max_age_seconds
+        self._lock = threading.Lock()
+        self._read: tuple[float, float, list[Any]] | None = None  # (when, within, rows)
+
+    def read(self, session: Session, within_seconds: float) -> list[Any]:
+        """Device type, device name and runtimes of every live worker."""
+        now = time.monotonic()
+        with self._lock:
+            read = self._read
+        if read is not None and read[1] == within_seconds and now - read[0] < \
+                self.max_age_seconds:
+            return read[2]
+        rows = list(session.connection().execute(*_live_capabilities(session,
+                                                                     within_seconds)).all())
+        with self._lock:
+            self._read = (now, within_seconds, rows)
+        return rows
+
+
+def waiting_for(bind: Engine | Session, job: Job, within_seconds: float,
+                live: LiveWorkers | None = None) -> str | None:
     """What a queued (or deserted searching) job waits for when no live worker can take
     it: a worker with its latency runtime, device type or device model; None when a
     live worker can (or the job is not waiting).
@@ -95,13 +123,13 @@ def waiting_for(bind: Engine | Session, job: Job, within_seconds: float) -> str 
         bind: engine or session.
         job: the job row.
         within_seconds: a worker is live when its last heartbeat is this recent.
+        live: where to read the live workers (default: the database, now).
     """
     if job.status not in (JobStatus.QUEUED.value, JobStatus.SEARCHING.value):
         return None
     device_type = job.device_type or job.device_request
     with use_session(bind) as session:
-        workers = session.connection().execute(*_live_capabilities(session,
-                                                                   within_seconds)).all()
+        workers = (live or LiveWorkers(max_age_seconds=0)).read(session, within_seconds)
     for worker in workers:
         if ((device_type is None or worker.device_type == device_type)
                 and job.latency_runtime in (worker.runtimes or ["torch"])

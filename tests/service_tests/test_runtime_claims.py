@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import Engine
 
 from service.jobs import (
     JobStatus,
+    LiveWorkers,
     claim_next_job,
     get_job,
     register_worker,
@@ -129,6 +132,7 @@ def test_get_shows_every_limit_beside_the_delivered_value(api: Api) -> None:
                                              ("max_params", 1000, None, None)]
 
     worker = register_worker(api.engine, "a", "cpu", XEON, runtimes=["torch", "onnxruntime"])
+    time.sleep(LiveWorkers().max_age_seconds)  # the API reads live workers once a second
     assert api.client.get(f"/v1/jobs/{job_id}").json()["waiting_for"] is None
     claim_next_job(api.engine, worker, "cpu", runtimes=["onnxruntime"], device_model=XEON)
     set_baseline(api.engine, job_id, {"latency_ms": 10.0, "flops": 1e6, "params": 5000},

@@ -11,6 +11,7 @@ from service import jobs
 from service.api.deps import (
     CommittingRoute,
     CurrentTenant,
+    LiveWorkersDep,
     SessionDep,
     SettingsDep,
     StudyReaderDep,
@@ -32,13 +33,14 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorPublic, "description": "the tenant's concurrent-job cap or daily "
                                               "job quota is reached (see Retry-After)"}})
 def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
-           settings: SettingsDep) -> JobPublic:
+           settings: SettingsDep, live: LiveWorkersDep) -> JobPublic:
     """Queue a pruning job; the spec is checked completely before anything is stored."""
     assert settings.data_root is not None
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
                           max_active_jobs=settings.max_concurrent_jobs_per_tenant,
                           max_jobs_per_day=settings.max_jobs_per_day)
-    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds)
+    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds,
+                               live=live)
     return JobPublic.from_row(job, waiting_for=waiting)
 
 
@@ -55,11 +57,12 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 
 @router.get("/{job_id}", responses=NOT_FOUND)
 def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
-             settings: SettingsDep) -> JobPublic:
+             settings: SettingsDep, live: LiveWorkersDep) -> JobPublic:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
     job = jobs.get_job(session, job_id, tenant.id)
-    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds)
+    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds,
+                               live=live)
     return JobPublic.from_row(job, waiting_for=waiting)
 
 
