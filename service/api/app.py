@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = read_only_engine(engine)
-    app.state.live_workers = LiveWorkers()
+    app.state.live_workers = LiveWorkers(within_seconds=2 * settings.lease_seconds)
     app.state.study_reader = study_reader
     app.state.metrics = Metrics()
     app.state.stream_slots = StreamSlots(settings.max_streams_per_key)

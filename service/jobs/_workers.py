@@ -89,32 +89,37 @@ def _live_capabilities(session: Session, within_seconds: float) -> tuple[Any, di
 
 
 class LiveWorkers:
-    """The live workers' capabilities, read from the database at most once per ``max_age``
-    seconds (one per API process: a busy server polls ``GET /v1/jobs/{id}`` for many
-    waiting jobs, and what it tells them may be that much older than the heartbeats)."""
+    """The live workers' capabilities, read from the database at most once per
+    ``max_age_seconds`` (the API keeps one per process: a busy server answers
+    ``GET /v1/jobs/{id}`` for many waiting jobs, and what it tells them may be that much
+    older than the heartbeats; 0 reads every time).
 
-    def __init__(self, max_age_seconds: float = 1.0) -> None:
+    Args:
+        within_seconds: a worker is live when its last heartbeat is this recent.
+        max_age_seconds: how long one read answers.
+    """
+
+    def __init__(self, within_seconds: float, max_age_seconds: float = 1.0) -> None:
+        self.within_seconds = within_seconds
         self.max_age_seconds = max_age_seconds
         self._lock = threading.Lock()
-        self._read: tuple[float, float, list[Any]] | None = None  # (when, within, rows)
+        self._read: tuple[float, list[Any]] | None = None  # (when, rows)
 
-    def read(self, session: Session, within_seconds: float) -> list[Any]:
+    def read(self, session: Session) -> list[Any]:
         """Device type, device name and runtimes of every live worker."""
         now = time.monotonic()
         with self._lock:
             read = self._read
-        if read is not None and read[1] == within_seconds and now - read[0] < \
-                self.max_age_seconds:
-            return read[2]
-        rows = list(session.connection().execute(*_live_capabilities(session,
-                                                                     within_seconds)).all())
+        if read is not None and now - read[0] < self.max_age_seconds:
+            return read[1]
+        rows = list(session.connection().execute(
+            *_live_capabilities(session, self.within_seconds)).all())
         with self._lock:
-            self._read = (now, within_seconds, rows)
+            self._read = (now, rows)
         return rows
 
 
-def waiting_for(bind: Engine | Session, job: Job, within_seconds: float,
-                live: LiveWorkers | None = None) -> str | None:
+def waiting_for(bind: Engine | Session, job: Job, live: LiveWorkers) -> str | None:
     """What a queued (or deserted searching) job waits for when no live worker can take
     it: a worker with its latency runtime, device type or device model; None when a
     live worker can (or the job is not waiting).
@@ -122,14 +127,13 @@ def waiting_for(bind: Engine | Session, job: Job, within_seconds: float,
     Args:
         bind: engine or session.
         job: the job row.
-        within_seconds: a worker is live when its last heartbeat is this recent.
-        live: where to read the live workers (default: the database, now).
+        live: the live workers (``LiveWorkers(within_seconds, max_age_seconds=0)``: read now).
     """
     if job.status not in (JobStatus.QUEUED.value, JobStatus.SEARCHING.value):
         return None
     device_type = job.device_type or job.device_request
     with use_session(bind) as session:
-        workers = (live or LiveWorkers(max_age_seconds=0)).read(session, within_seconds)
+        workers = live.read(session)
     for worker in workers:
         if ((device_type is None or worker.device_type == device_type)
                 and job.latency_runtime in (worker.runtimes or ["torch"])

@@ -49,17 +49,18 @@ def test_live_workers_are_read_at_most_once_per_max_age(engine: Engine,
                                                         tenant: TenantIdentity) -> None:
     [job_id] = make_jobs(engine, tenant.id, 1)
     job = get_job(engine, job_id)
-    live = LiveWorkers(max_age_seconds=0.5)
-    assert waiting_for(engine, job, within_seconds=60, live=live) is not None  # nobody yet
+    live = LiveWorkers(within_seconds=60, max_age_seconds=0.5)
+    now = LiveWorkers(within_seconds=60, max_age_seconds=0)
+    assert waiting_for(engine, job, live) is not None  # nobody yet
     worker = register_worker(engine, "a", "cpu", "cpu")
-    # Within the age: the answer read a moment ago; uncached: the database now.
-    assert waiting_for(engine, job, within_seconds=60, live=live) is not None
-    assert waiting_for(engine, job, within_seconds=60) is None
+    # Within the age: the answer read a moment ago; read now: the database's.
+    assert waiting_for(engine, job, live) is not None
+    assert waiting_for(engine, job, now) is None
     time.sleep(0.6)
-    assert waiting_for(engine, job, within_seconds=60, live=live) is None
+    assert waiting_for(engine, job, live) is None
     stop_worker(engine, worker)
-    assert waiting_for(engine, job, within_seconds=60, live=live) is None
-    assert waiting_for(engine, job, within_seconds=30, live=live) is not None  # another window
+    assert waiting_for(engine, job, live) is None
+    assert waiting_for(engine, job, now) is not None
 
 
 def test_get_job_answers_through_the_read_engine_and_says_what_it_waits_for(api: Api) -> None:

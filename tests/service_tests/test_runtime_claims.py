@@ -25,6 +25,8 @@ from service.tenants import TenantIdentity
 from tests.service_tests.conftest import Api, make_jobs
 
 ORT = {"runtime": "onnxruntime"}
+#: The live workers (heartbeat in the last minute) read from the database every time.
+NOW = LiveWorkers(within_seconds=60, max_age_seconds=0)
 XEON = "Intel(R) Xeon(R) Gold 6338 (2 threads)"
 EPYC = "AMD EPYC 7763 (2 threads)"
 
@@ -74,7 +76,7 @@ def test_openvino_and_tensorrt_fix_the_device_type(engine: Engine,
                            device_model=XEON)
     assert claim is not None and claim.id == openvino
     # No worker can time in TensorRT: the job waits, and says why.
-    reason = waiting_for(engine, get_job(engine, tensorrt), within_seconds=60)
+    reason = waiting_for(engine, get_job(engine, tensorrt), NOW)
     assert reason is not None
     assert "tensorrt latency runtime" in reason
     assert "no Topiary worker can time in TensorRT yet" in reason
@@ -106,10 +108,10 @@ def test_a_requeued_job_with_a_timed_baseline_waits_for_its_device_model(
     stop_worker(engine, first)
     other = register_worker(engine, "b", "cpu", EPYC)
     assert claim_next_job(engine, other, "cpu", device_model=EPYC) is None
-    reason = waiting_for(engine, get_job(engine, job_id), within_seconds=60)
+    reason = waiting_for(engine, get_job(engine, job_id), NOW)
     assert reason is not None and XEON in reason and "1 live worker," in reason
     again = register_worker(engine, "c", "cpu", XEON)
-    assert waiting_for(engine, get_job(engine, job_id), within_seconds=60) is None
+    assert waiting_for(engine, get_job(engine, job_id), NOW) is None
     claim = claim_next_job(engine, again, "cpu", device_model=XEON)
     assert claim is not None and claim.id == job_id
 
@@ -132,7 +134,7 @@ def test_get_shows_every_limit_beside_the_delivered_value(api: Api) -> None:
                                              ("max_params", 1000, None, None)]
 
     worker = register_worker(api.engine, "a", "cpu", XEON, runtimes=["torch", "onnxruntime"])
-    time.sleep(LiveWorkers().max_age_seconds)  # the API reads live workers once a second
+    time.sleep(LiveWorkers(0).max_age_seconds)  # the API reads live workers once a second
     assert api.client.get(f"/v1/jobs/{job_id}").json()["waiting_for"] is None
     claim_next_job(api.engine, worker, "cpu", runtimes=["onnxruntime"], device_model=XEON)
     set_baseline(api.engine, job_id, {"latency_ms": 10.0, "flops": 1e6, "params": 5000},

@@ -39,8 +39,7 @@ def submit(spec: JobCreate, tenant: CurrentTenant, session: SessionDep,
     job = jobs.submit_job(session, tenant.id, spec, data_root=settings.data_root,
                           max_active_jobs=settings.max_concurrent_jobs_per_tenant,
                           max_jobs_per_day=settings.max_jobs_per_day)
-    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds,
-                               live=live)
+    waiting = jobs.waiting_for(session, job, live)
     return JobPublic.from_row(job, waiting_for=waiting)
 
 
@@ -57,12 +56,11 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 
 @router.get("/{job_id}", responses=NOT_FOUND)
 def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
-             settings: SettingsDep, live: LiveWorkersDep) -> JobPublic:
+             live: LiveWorkersDep) -> JobPublic:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
     job = jobs.get_job(session, job_id, tenant.id)
-    waiting = jobs.waiting_for(session, job, within_seconds=2 * settings.lease_seconds,
-                               live=live)
+    waiting = jobs.waiting_for(session, job, live)
     return JobPublic.from_row(job, waiting_for=waiting)
 
 
