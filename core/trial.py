@@ -9,6 +9,7 @@ with ``user_attrs`` and ``constraints`` (Optuna's ``Trial`` and ``FrozenTrial``)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal, Protocol
 
@@ -45,6 +46,12 @@ class WritableTrial(StoredTrial, Protocol):
     def set_constraint(self, key: str, value: float) -> None: ...
 
 
+def plan_key(plan: dict[str, Any] | None) -> str:
+    """A plan dict (``PrunePlan.to_dict()``) as one comparable string: equal plans, equal
+    keys, whether the dict is fresh or came back from a study's JSON."""
+    return json.dumps(plan, sort_keys=True)
+
+
 class TrialRecord(BaseModel):
     """The measurements of one trial; a field is None when the trial did not record it
     (a trial stopped by the pruner or one that failed, or a study written before the
@@ -66,6 +73,8 @@ class TrialRecord(BaseModel):
             fine-tune), ``probe`` (screened out after the probe), ``short`` (the trial
             fine-tune), ``long`` (a re-rank: a longer fine-tune, two seeds).
         rerank_of: a re-rank trial's source: the number of the trial whose plan it is.
+        duplicate_of: an earlier trial that measured the same plan: this one took its
+            measurements (nothing pruned, timed or fine-tuned again).
         latency_ms: median latency of one pass, in the baseline's timing conditions.
         latency_p90_ms: its 90th percentile.
         latency_ratio: measured latency over the unpruned network's, timed side by side.
@@ -103,6 +112,7 @@ class TrialRecord(BaseModel):
     accuracy_seeds: list[float] | None = None
     fidelity: Literal["costs", "pruned", "probe", "short", "long"] | None = None
     rerank_of: int | None = None
+    duplicate_of: int | None = None
     latency_ms: float | None = None
     latency_p90_ms: float | None = None
     latency_ratio: float | None = None

@@ -12,7 +12,9 @@ latency limit, or the weighted and pareto modes) or the spec names an exported
 runtime (``latency.runtime``), a trial's network is timed side by side with the
 unpruned one in that runtime, a plan that breaks only a latency limit is timed
 once more, and a network the study already knows (an earlier trial, or seeding's
-timing of a warm-start plan) reuses its latency.
+timing of a warm-start plan) reuses its latency. A plan an earlier trial measured
+(sampled again, or two proposals projected onto one) takes that trial's record
+(``duplicate_of``) and costs nothing: no pruning, timing or fine-tune again.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from core.spec import JobSpec
-from core.trial import TrialRecord, is_feasible
+from core.trial import TrialRecord, is_feasible, plan_key
 from models.datasets import DataSplits
 from models.importance import ImportanceScores, ScoreImportance
 from models.measure import measure_model
@@ -160,6 +163,21 @@ def objective_values(spec: JobSpec, record: dict[str, Any], baseline: dict[str, 
     return values
 
 
+#: Fidelities whose measurements a trial of the same plan takes instead of measuring again
+#: (a re-rank's ``long`` is a different measurement; ``probe``-screened trials were pruned).
+REUSABLE_FIDELITIES = ("costs", "pruned", "short")
+
+
+def measured_before(study: optuna.Study, plan: PrunePlan) -> FrozenTrial | None:
+    """The first finished trial that measured ``plan`` (``REUSABLE_FIDELITIES``), if any."""
+    wanted = plan_key(plan.to_dict())
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (trial.user_attrs.get("fidelity") in REUSABLE_FIDELITIES
+                and plan_key(trial.user_attrs.get("plan")) == wanted):
+            return trial
+    return None
+
+
 class Objective:
     """The callable handed to ``study.optimize``; one instance per worker process."""
 
@@ -181,6 +199,9 @@ class Objective:
         claim_trial_slot(trial.study, trial, spec.search.n_trials)
         sampled = context.space.to_plan(*context.space.suggest(trial))
         plan = self.projection(sampled)
+        earlier = measured_before(trial.study, plan)
+        if earlier is not None:
+            return self._reuse(trial, earlier, plan, sampled)
         model = copy.deepcopy(context.model)
         importance = context.importance_factory(model) if context.importance_factory else None
         apply_plan(model, plan, context.example_input(), importance=importance)
@@ -210,6 +231,20 @@ class Objective:
         TrialRecord.model_validate({**record, "violations": None} if constraints_stored
                                    else record).store(trial)
         return objective_values(spec, record, context.baseline)
+
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial, plan: PrunePlan,
+               sampled: PrunePlan) -> float | list[float]:
+        """The measurements of ``earlier``, which measured ``plan`` already: a sampler that
+        proposes a plan again (or two proposals projected onto one) costs no fine-tune."""
+        source = TrialRecord.from_trial(earlier)
+        record: dict[str, Any] = {
+            **source.model_dump(exclude={"feasible", "worker", "sampled_plan", "projected",
+                                         "fine_tune_seconds", "duplicate_of"}),
+            "duplicate_of": earlier.number, "fine_tune_seconds": 0.0,
+            "worker": self.context.worker, "projected": plan is not sampled,
+            **({"sampled_plan": sampled.to_dict()} if plan is not sampled else {})}
+        TrialRecord.model_validate(record).store(trial)
+        return objective_values(self.context.spec, record, self.context.baseline)
 
     @property
     def multi_fidelity(self) -> bool:

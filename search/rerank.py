@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from core.trial import TrialRecord
+from core.trial import TrialRecord, plan_key
 from models.plan import PrunePlan
 from search.objective import Objective, objective_values
 from search.result import deliverable_trials
@@ -53,9 +53,19 @@ def rerank(study: optuna.Study, objective: Objective) -> list[int]:
     best = sorted(candidates, key=lambda trial: (-trial.values[0], trial.number))
     frozen = {trial.number: trial for trial in study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE,))}
+    # One plan is re-ranked once: trials that measured the same plan (``duplicate_of``)
+    # count as one, and a plan already re-ranked is not again.
+    done_plans = {plan_key(trial.plan) for trial in deliverable_trials(study)
+                  if trial.record.fidelity == "long"}
+    unique, seen = [], set()
+    for candidate in best:
+        key = plan_key(candidate.plan)
+        if key not in seen:
+            seen.add(key)
+            unique.append(candidate)
     added = []
-    for source in best[:fidelity.rerank]:
-        if source.number in done:
+    for source in unique[:fidelity.rerank]:
+        if source.number in done or plan_key(source.plan) in done_plans:
             continue
         plan = PrunePlan.from_dict(source.plan)
         started = time.perf_counter()

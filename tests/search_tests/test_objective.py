@@ -61,21 +61,39 @@ def test_trials_record_every_metric_and_plans_over_a_counted_limit_are_projected
     assert second.user_attrs["flops"] <= 0.6 * baseline_metrics["flops"]
 
 
-def test_identical_architectures_reuse_their_latency(tmp_path, baseline, baseline_metrics) -> None:
-    spec = make_spec(search={"n_trials": 2}, objective={"constraints": {"max_flops_ratio": 0.9}})
+def test_a_plan_measured_before_takes_that_trials_record_and_costs_no_fine_tune(
+        tmp_path, baseline, baseline_metrics, monkeypatch) -> None:
+    import search.objective
+
+    spec = make_spec(search={"n_trials": 3}, objective={"constraints": {"max_flops_ratio": 0.9}})
+    tuned: list[int] = []
+    real_fine_tune = search.objective.fine_tune
+
+    def counting_fine_tune(model, splits, epochs, **kwargs):
+        tuned.append(epochs)
+        return real_fine_tune(model, splits, epochs, **kwargs)
+
+    monkeypatch.setattr(search.objective, "fine_tune", counting_fine_tune)
     context = make_context(baseline, baseline_metrics, spec)
     study = _study(tmp_path, spec)
     plan = PrunePlan(keep={g.name: 8 for g in context.space.groups})
-    # Same parameters twice: enqueue the second under another label directly.
+    other = PrunePlan(keep={g.name: 16 for g in context.space.groups})
+    # Same parameters twice (as a sampler may propose them), then another plan.
     params = context.space.params_for(plan.keep, [])
     study.enqueue_trial(params)
     study.enqueue_trial(params, skip_if_exists=False)
+    study.enqueue_trial(context.space.params_for(other.keep, []))
     run_trials(study, Objective(context), spec)
-    first, second = study.get_trials(states=(TrialState.COMPLETE,))
-    assert first.user_attrs["latency_reused"] is False
-    assert second.user_attrs["latency_reused"] is True
-    assert second.user_attrs["latency_ms"] == first.user_attrs["latency_ms"]
-    assert second.user_attrs["arch_fingerprint"] == first.user_attrs["arch_fingerprint"]
+    first, second, third = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(tuned) == 2  # the first and the third plan, not the repeat
+    assert first.user_attrs["latency_reused"] is False and "duplicate_of" not in first.user_attrs
+    assert second.user_attrs["duplicate_of"] == first.number
+    assert second.user_attrs["fine_tune_seconds"] == 0.0
+    for name in ("plan", "accuracy", "latency_ms", "flops", "arch_fingerprint"):
+        assert second.user_attrs[name] == first.user_attrs[name]
+    assert second.values == first.values and dict(second.constraints) == dict(first.constraints)
+    assert "duplicate_of" not in third.user_attrs
+    assert third.user_attrs["arch_fingerprint"] != first.user_attrs["arch_fingerprint"]
 
 
 def test_weighted_mode_penalises_latency(tmp_path, baseline, baseline_metrics) -> None:
