@@ -88,6 +88,8 @@ class Profile:
     batch_size: int = 64
     jobs: int = 2  # processes running units side by side
     deadline_minutes: float | None = None  # no unit starts after this
+    rerank: int = 3  # search.fidelity.rerank: plans re-ranked
+    rerank_factor: float = 3.0  # search.fidelity.rerank_factor: their fine-tune's length
 
     def rerank_steps(self, spec: JobSpec) -> int:
         fidelity = spec.search.fidelity
@@ -108,7 +110,9 @@ def make_spec(profile: Profile, constraints: dict[str, float], sampler: str,
         "objective": {"mode": "constrained", "constraints": constraints},
         "latency": {"device": "cuda" if profile.device.startswith("cuda") else "cpu"},
         "search": {"sampler": sampler, "n_trials": profile.max_trials(),
-                   "warm_start": warm or ["attention", "pls"], "fidelity": {"mode": "multi"}},
+                   "warm_start": warm or ["attention", "pls"],
+                   "fidelity": {"mode": "multi", "rerank": profile.rerank,
+                                "rerank_factor": profile.rerank_factor}},
         "fine_tune": {"trial_steps": profile.trial_steps, "batch_size": profile.batch_size,
                       "trial_eval_images": profile.trial_eval_images,
                       "baseline_epochs": profile.baseline_epochs},

@@ -1,7 +1,7 @@
 """Benchmark the search on Fashion-MNIST: does warm-started multi-fidelity TPE find better
 pruned networks than the other searches and the one-shot recipes, for the same compute?
 
-    python bench/search_quality.py [--profile quick|cpu|gpu] [--resume] [--report-only]
+    python bench/search_quality.py [--profile quick|cpu|cpu-lean|gpu] [--resume] [--report-only]
                                    [--rows a,d,e] [--targets 0,1,2] [--jobs N]
 
 Data: Fashion-MNIST from its IDX files (``/usr/share/datasets/fashion-mnist``,
@@ -18,7 +18,8 @@ baseline's FLOPs and 50% of its CPU latency (``max_flops_ratio``,
   (a) TPE warm-started from attention + PLS, ``search.fidelity`` multi: every
       feasible plan screened by the adaptive-BatchNorm probe, reported to Optuna's
       SuccessiveHalvingPruner, short fine-tunes (``trial_steps``) for the plans it
-      promotes, the 3 best re-ranked by a 3x longer fine-tune with two seeds (as
+      promotes, the best re-ranked by a longer fine-tune with two seeds (3 at 3x the
+      trial fine-tune; cpu-lean 2 at 2x) (as
       ``workers/reranking.py`` at FINALIZING), the plan a job finalises
       (``search_result``, ``Delivery`` over ``feasible_ranked``, re-timed) fine-tuned;
   (a-attn), (a-pls): (a) warm-started from attention alone, from PLS alone;
@@ -85,6 +86,13 @@ PROFILES = {
     "cpu": Profile("cpu", "cifar_resnet20", 16, 12000, baseline_epochs=20,
                    trial_steps=20, search_steps=600, final_steps=300,
                    trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2)),
+    # The cpu profile with a third of the compute for the search and two thirds for the
+    # final fine-tune (the cpu profile's diagnostic: its plans lost to uniform L1 at 25%
+    # FLOPs by their shorter final fine-tune, not by the plan); 2 plans re-ranked at 2x.
+    "cpu-lean": Profile("cpu-lean", "cifar_resnet20", 16, 12000, baseline_epochs=20,
+                        trial_steps=20, search_steps=300, final_steps=600,
+                        trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
+                        rerank=2, rerank_factor=2.0),
     # Untested here (no GPU): sized by estimate for one H200, 4 processes side by side.
     "gpu": Profile("gpu", "cifar_resnet56", 28, None, baseline_epochs=15,
                    trial_steps=30, search_steps=900, final_steps=450,
