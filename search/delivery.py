@@ -20,10 +20,9 @@ import optuna
 
 from core.limits import Limit, active_limits, limit_standings, violations
 from core.spec import JobSpec
-from core.trial import plan_key
 from models.plan import PrunePlan
 from search.fitting import MEASURED_MARGIN
-from search.result import FinishedTrial, deliverable_trials
+from search.result import FinishedTrial, deliverable_trials, each_plan_once
 from search.space import SearchSpace
 
 __all__ = ["MAX_FALLBACKS", "MAX_NARROWINGS", "NARROW_WITHIN", "Attempt", "Delivery",
@@ -41,16 +40,9 @@ def feasible_ranked(study: optuna.Study) -> list[FinishedTrial]:
     """Every complete trial that met all limits, was evaluated and prunes something
     (``search.result.deliverable_trials``), best objective first (accuracy first in
     every mode), each plan once (the best of the trials that measured it)."""
-    usable = sorted(deliverable_trials(study),
-                    key=lambda trial: (-trial.values[0] if trial.values else 0.0,
-                                       trial.number))
-    ranked, seen = [], set()
-    for trial in usable:
-        key = plan_key(trial.plan)
-        if key not in seen:
-            seen.add(key)
-            ranked.append(trial)
-    return ranked
+    return each_plan_once(sorted(deliverable_trials(study),
+                                 key=lambda trial: (-trial.values[0] if trial.values else 0.0,
+                                                    trial.number)))
 
 
 @dataclass

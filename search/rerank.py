@@ -23,7 +23,7 @@ from optuna.trial import TrialState, create_trial
 from core.trial import TrialRecord, plan_key
 from models.plan import PrunePlan
 from search.objective import Objective, objective_values
-from search.result import deliverable_trials
+from search.result import deliverable_trials, each_plan_once
 
 __all__ = ["RERANK_OF_ATTR", "RERANK_SEEDS", "rerank"]
 
@@ -57,14 +57,8 @@ def rerank(study: optuna.Study, objective: Objective) -> list[int]:
     # count as one, and a plan already re-ranked is not again.
     done_plans = {plan_key(trial.plan) for trial in deliverable_trials(study)
                   if trial.record.fidelity == "long"}
-    unique, seen = [], set()
-    for candidate in best:
-        key = plan_key(candidate.plan)
-        if key not in seen:
-            seen.add(key)
-            unique.append(candidate)
     added = []
-    for source in unique[:fidelity.rerank]:
+    for source in each_plan_once(best)[:fidelity.rerank]:
         if source.number in done or plan_key(source.plan) in done_plans:
             continue
         plan = PrunePlan.from_dict(source.plan)

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import TopiaryError
 from core.spec import JobSpec
-from core.trial import TrialRecord
+from core.trial import TrialRecord, plan_key
 from search.front import pick_from_front
 
 
@@ -87,6 +87,17 @@ def deliverable_trials(study: optuna.Study) -> list[FinishedTrial]:
             if trial.record.plan is not None and trial.record.accuracy is not None
             and trial.record.feasible is not False and not trial.record.prunes_nothing
             and trial.values]
+
+
+def each_plan_once(trials: list[FinishedTrial]) -> list[FinishedTrial]:
+    """``trials`` in their order, without a trial whose plan an earlier one has."""
+    kept, seen = [], set()
+    for trial in trials:
+        key = plan_key(trial.plan)
+        if key not in seen:
+            seen.add(key)
+            kept.append(trial)
+    return kept
 
 
 def _dominates(first: list[float], second: list[float], signs: list[float]) -> bool:

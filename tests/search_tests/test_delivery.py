@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from core.trial import TrialRecord
 from models import prunable_groups
 from models.architectures import build_model
 from models.latency import LatencyResult
 from models.plan import PrunePlan, removable_blocks
-from search.delivery import MAX_FALLBACKS, MAX_NARROWINGS, Delivery
+from search.delivery import MAX_FALLBACKS, MAX_NARROWINGS, Delivery, feasible_ranked
 from search.final_timing import MAX_ROUNDS, MIN_ROUNDS, stable_timing
 from search.result import FinishedTrial
 from search.space import SearchSpace
-from tests.search_tests.conftest import make_spec
+from tests.search_tests.conftest import make_spec, study_of
 
 BASELINE = {"latency_ms": 2.0, "flops": 100.0, "params": 100.0, "memory_mb": 1.0}
 
@@ -178,3 +180,18 @@ def test_only_small_latency_misses_are_narrowed(space, record) -> None:
     plain = Delivery(spec, BASELINE, [best])
     assert not plain.judge(best, {"latency_ms": 1.02, "flops": 10.0}, "architecture")
     assert plain.next_plan() is None
+
+
+def test_the_ranked_plans_hold_each_plan_once_at_its_best_trial(tmp_path) -> None:
+    def finished(plan: dict, accuracy: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            state=TrialState.COMPLETE, values=[accuracy],
+            user_attrs={"plan": plan, "accuracy": accuracy, "fidelity": "short"},
+            constraints={"max_flops_ratio": -0.1})
+
+    wide, narrow = {"keep": {"conv1": 8}}, {"keep": {"conv1": 4}}
+    # The wide plan measured twice (a repeat, or a re-rank of it), the narrow one once.
+    study = study_of(tmp_path, ["maximize"], finished(wide, 0.80), finished(narrow, 0.85),
+                     finished({"keep": {"conv1": 8}}, 0.90))
+    ranked = feasible_ranked(study)
+    assert [(trial.number, trial.plan) for trial in ranked] == [(2, wide), (1, narrow)]

@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from core.spec import JobSpec
-from core.trial import TrialRecord
+from core.trial import TrialRecord, plan_key
+from models.plan import PrunePlan
 from search.objective import PROBE_STEP, Objective
 from search.rerank import RERANK_SEEDS, rerank
 from search.result import search_result
@@ -95,3 +96,26 @@ def test_a_multi_fidelity_search_that_cannot_run_is_refused_saying_why(
         _spec({**search, "fidelity": fidelity}, **sections)
     assert _spec({"fidelity": {"mode": "multi"}},
                  objective={"mode": "weighted"}).search.fidelity.rerank == 3
+
+
+def test_a_plan_measured_twice_is_re_ranked_once(tmp_path, baseline, baseline_metrics) -> None:
+    spec = make_spec(search={"n_trials": 3, "fidelity": {**MULTI, "rerank": 3}})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    narrow = PrunePlan(keep={g.name: 8 for g in context.space.groups})
+    wide = PrunePlan(keep={g.name: 16 for g in context.space.groups})
+    params = context.space.params_for(narrow.keep, [])
+    study.enqueue_trial(params)
+    study.enqueue_trial(params, skip_if_exists=False)  # proposed again, as samplers do
+    study.enqueue_trial(context.space.params_for(wide.keep, []))
+    objective = Objective(context)
+    run_trials(study, objective, spec)
+    first, repeat = study.trials[0], study.trials[1]
+    assert first.state == TrialState.COMPLETE and repeat.state == TrialState.COMPLETE
+    assert repeat.user_attrs["duplicate_of"] == 0
+
+    # Three re-rank places, two plans: each plan once.
+    added = rerank(study, objective)
+    plans = [plan_key(study.trials[number].user_attrs["plan"]) for number in added]
+    assert plan_key(first.user_attrs["plan"]) in plans
+    assert len(plans) == len(set(plans))
