@@ -231,7 +231,8 @@ class Cluster:
 PHASE_POINTS: dict[str, tuple[str, str]] = {
     "preparing": (JobStatus.PREPARING.value, "training a baseline"),
     "scoring": (JobStatus.PREPARING.value, "scoring filters"),
-    "finalizing": (JobStatus.FINALIZING.value, "fine-tuning the best plan"),
+    # workers/finalize.py: "fine-tuning the plan of trial N ..." (or "the narrowed plan").
+    "finalizing": (JobStatus.FINALIZING.value, "fine-tuning the "),
     "export": (JobStatus.FINALIZING.value, "exporting"),
 }
 FAULT_POINTS = (*PHASE_POINTS, "mid_trial")

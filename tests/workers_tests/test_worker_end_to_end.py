@@ -16,6 +16,7 @@ from search.storage import open_storage
 from service.db import session_scope
 from service.jobs import Artifact, JobStatus, get_job, list_events, request_cancel
 from service.tenants import get_or_create_tenant
+from tests.support.cluster import PHASE_POINTS
 from tests.workers_tests.conftest import submit
 from workers.worker import Worker
 
@@ -55,8 +56,14 @@ def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite
     assert model.topiary_metadata["plan"] == job.best["plan"]
     # How to feed it an image travels with it (README, "Feeding one image").
     assert model.topiary_metadata["preprocessing"] == splits.preprocessing.to_metadata()
-    kinds = [event.kind for event in list_events(sqlite_engine, job_id)]
+    events = list_events(sqlite_engine, job_id)
+    kinds = [event.kind for event in events]
     assert "trial" in kinds and "baseline" in kinds and "warm_start" in kinds
+    # Every phase the fault injectors wait for (tests/support/cluster.py, bench/chaos.py)
+    # is one a job really goes through (a renamed phase left a fault point dead once).
+    phases = [event.message for event in events if event.kind == "phase"]
+    for point, (_status, prefix) in PHASE_POINTS.items():
+        assert any(phase.startswith(prefix) for phase in phases), (point, phases)
 
 
 def test_no_feasible_plan_fails_the_job_with_a_reason(sqlite_settings, sqlite_engine) -> None:
