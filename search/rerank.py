@@ -46,20 +46,18 @@ def rerank(study: optuna.Study, objective: Objective) -> list[int]:
     fidelity = spec.search.fidelity
     if fidelity.mode != "multi" or fidelity.rerank == 0:
         return []
-    candidates = [trial for trial in deliverable_trials(study)
-                  if trial.record.fidelity != "long"]
-    done = {trial.record.rerank_of for trial in deliverable_trials(study)
-            if trial.record.fidelity == "long"}
+    deliverable = deliverable_trials(study)
+    candidates = [trial for trial in deliverable if trial.record.fidelity != "long"]
+    # One plan is re-ranked once: trials that measured the same plan (``duplicate_of``)
+    # count as one, and a plan already re-ranked (its re-rank trial has its plan) is not
+    # again.
+    done = {plan_key(trial.plan) for trial in deliverable if trial.record.fidelity == "long"}
     best = sorted(candidates, key=lambda trial: (-trial.values[0], trial.number))
     frozen = {trial.number: trial for trial in study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE,))}
-    # One plan is re-ranked once: trials that measured the same plan (``duplicate_of``)
-    # count as one, and a plan already re-ranked is not again.
-    done_plans = {plan_key(trial.plan) for trial in deliverable_trials(study)
-                  if trial.record.fidelity == "long"}
     added = []
     for source in each_plan_once(best)[:fidelity.rerank]:
-        if source.number in done or plan_key(source.plan) in done_plans:
+        if plan_key(source.plan) in done:
             continue
         plan = PrunePlan.from_dict(source.plan)
         started = time.perf_counter()

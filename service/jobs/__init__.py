@@ -68,7 +68,6 @@ from service.jobs._workers import (
 )
 
 __all__ = [
-    "LiveWorkers",
     "ACTIVE_STATUSES",
     "ALLOWED_FROM",
     "ARTIFACT_KINDS",
@@ -85,6 +84,7 @@ __all__ = [
     "Job",
     "JobParticipant",
     "JobStatus",
+    "LiveWorkers",
     "NotFoundError",
     "Worker",
     "active_participants",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -102,20 +101,19 @@ class LiveWorkers:
     def __init__(self, within_seconds: float, max_age_seconds: float = 1.0) -> None:
         self.within_seconds = within_seconds
         self.max_age_seconds = max_age_seconds
-        self._lock = threading.Lock()
-        self._read: tuple[float, list[Any]] | None = None  # (when, rows)
+        # (when, rows): replaced whole, so the route threads need no lock (two of them
+        # reading at once both query, and either answer is right).
+        self._read: tuple[float, list[Any]] | None = None
 
     def read(self, session: Session) -> list[Any]:
         """Device type, device name and runtimes of every live worker."""
         now = time.monotonic()
-        with self._lock:
-            read = self._read
+        read = self._read
         if read is not None and now - read[0] < self.max_age_seconds:
             return read[1]
         rows = list(session.connection().execute(
             *_live_capabilities(session, self.within_seconds)).all())
-        with self._lock:
-            self._read = (now, rows)
+        self._read = (now, rows)
         return rows
 
 
