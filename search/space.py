@@ -11,8 +11,13 @@ The block booleans are asked first, and a group that lives inside a dropped
 block (``GroupInfo.block``: the block holds its root conv, so all of it) is not
 asked for: its width changes nothing, and a sampler that had to choose it would
 learn from noise. Such trials simply have no ``keep:`` parameter for the group
-(Optuna's samplers take conditional spaces; TPE models them with ``group``), and
-``params_for`` leaves it out too.
+(TPE models conditional spaces with ``group``), and ``params_for`` leaves it out too.
+
+GP and NSGA-II model only the parameters every trial has (Optuna's intersection search
+space) and draw the rest independently at random: in a conditional space with block
+removal that is every width, so they would be random search. For them the space is
+fixed (``conditional`` False): every group's width is asked for in every trial, and
+those of dropped blocks are ignored when the plan is made.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from models.plan import PrunePlan
 KEEP_PREFIX = "keep:"
 RATIO_PREFIX = "ratio:"
 DROP_PREFIX = "drop:"
+#: Samplers that model a conditional space (the others get every width in every trial).
+CONDITIONAL_SAMPLERS = frozenset({"tpe", "random"})
 
 
 class GroupLike(Protocol):
@@ -84,6 +91,7 @@ class SearchSpace:
     per_stage: bool = False
     min_keep_ratio: float = 0.1
     round_to: int = 1
+    conditional: bool = True
 
     @classmethod
     def from_spec(cls, groups: Sequence[GroupLike], blocks: Sequence[BlockLike],
@@ -96,6 +104,9 @@ class SearchSpace:
             search: the spec's search section.
             round_to: the channel multiple (``JobSpec.channel_multiple`` of the worker's
                 device); default ``search.round_to``, else the CPU default.
+
+        The space is conditional for the samplers that model conditional spaces (TPE,
+        random), fixed for those that model only the intersection (GP, NSGA-II).
         """
         multiple = round_to or search.round_to or CPU_ROUND_TO
         ranges = []
@@ -109,6 +120,7 @@ class SearchSpace:
             per_stage=search.space == "per_stage",
             min_keep_ratio=search.min_keep_ratio,
             round_to=multiple,
+            conditional=search.sampler in CONDITIONAL_SAMPLERS,
         )
 
     def plan_round_to(self) -> int:
@@ -120,8 +132,8 @@ class SearchSpace:
 
     def suggest(self, trial: TrialLike) -> tuple[dict[str, int], list[str]]:
         """Ask the trial for every parameter that matters; returns (keep counts, dropped
-        blocks). Blocks first; groups inside a dropped block are neither asked for nor
-        listed."""
+        blocks). Blocks first; groups inside a dropped block are not listed, and not asked
+        for either unless the space is fixed (``conditional`` False)."""
         dropped = [name for name in self.blocks
                    if trial.suggest_categorical(DROP_PREFIX + name, [False, True])]
         keep: dict[str, int] = {}
@@ -131,9 +143,11 @@ class SearchSpace:
             for group in self.live_groups(dropped):
                 keep[group.name] = group.keep_for_ratio(ratios[group.stage])
         else:
-            for group in self.live_groups(dropped):
+            live = {group.name for group in self.live_groups(dropped)}
+            for group in self.groups if not self.conditional else self.live_groups(dropped):
                 units = trial.suggest_int(KEEP_PREFIX + group.name, 0, group.units())
-                keep[group.name] = group.keep_for_units(units)
+                if group.name in live:
+                    keep[group.name] = group.keep_for_units(units)
         return keep, dropped
 
     def live_groups(self, dropped: Sequence[str]) -> list[GroupRange]:
@@ -161,7 +175,8 @@ class SearchSpace:
 
     def params_for(self, keep: dict[str, int], dropped: Sequence[str]) -> dict[str, Any]:
         """The trial parameters that reproduce a plan (as closely as the space allows);
-        none for groups inside dropped blocks (``suggest`` does not ask for them)."""
+        in a conditional space none for groups inside dropped blocks (``suggest`` does not
+        ask for them), in a fixed one their full width."""
         params: dict[str, Any] = {}
         if self.per_stage:
             for stage in self.stages():
@@ -170,7 +185,9 @@ class SearchSpace:
                 params[RATIO_PREFIX + stage] = max(self.min_keep_ratio,
                                                    min(1.0, ratio / len(members)))
         else:
-            for group in self.live_groups([name for name in dropped if name in self.blocks]):
+            asked = (self.live_groups([name for name in dropped if name in self.blocks])
+                     if self.conditional else self.groups)
+            for group in asked:
                 params[KEEP_PREFIX + group.name] = group.units_for_keep(
                     keep.get(group.name, group.channels))
         for name in self.blocks:

@@ -75,3 +75,60 @@ def test_per_stage_space_shares_one_ratio_per_stage(network) -> None:
     assert pruned(x).shape == (1, 10)
     for group in groups:
         assert keep[group.name] <= group.channels // 2 + space.round_to
+
+
+@pytest.mark.parametrize("sampler, conditional", [("tpe", True), ("random", True),
+                                                  ("gp", False), ("nsga2", False)])
+def test_gp_and_nsga2_get_every_width_so_they_model_them(network, sampler: str,
+                                                         conditional: bool) -> None:
+    """GP and NSGA-II model only the intersection of the trials' spaces: in a conditional
+    space with block drops every width would fall outside it and be drawn at random."""
+    _, _, groups, blocks = network
+    space = SearchSpace.from_spec(groups, blocks, make_spec(search={"sampler": sampler}).search)
+    assert space.conditional is conditional
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    drops = []
+    for _ in range(12):
+        trial = study.ask()
+        keep, dropped = space.suggest(trial)
+        study.tell(trial, 0.0)
+        drops.append(tuple(dropped))
+        gone = {g.name for g in groups if g.block in dropped}
+        assert gone.isdisjoint(keep) and set(keep) == {g.name for g in groups} - gone
+    assert len(set(drops)) > 1
+    modelled = optuna.search_space.intersection_search_space(study.get_trials())
+    widths = {name for name in modelled if name.startswith(KEEP_PREFIX)}
+    inside_blocks = {KEEP_PREFIX + g.name for g in groups if g.block in space.blocks}
+    assert inside_blocks
+    if conditional:
+        assert widths.isdisjoint(inside_blocks)
+    else:
+        assert widths == {KEEP_PREFIX + g.name for g in groups}
+
+
+def test_a_gp_study_proposes_other_plans_than_random_search_with_the_same_seed(network) -> None:
+    """The failure this guards against: GP's trials equal to random search's, seed for seed."""
+    _, _, groups, blocks = network
+    plans = {}
+    for sampler in ("gp", "random"):
+        space = SearchSpace.from_spec(groups, blocks,
+                                      make_spec(search={"sampler": sampler}).search)
+        made = (optuna.samplers.GPSampler(seed=0, n_startup_trials=4) if sampler == "gp"
+                else optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(sampler=made)
+        proposed = []
+        for _ in range(7):
+            trial = study.ask()
+            keep, dropped = space.suggest(trial)
+            study.tell(trial, -sum(keep.values()) / 100 - len(dropped))
+            proposed.append((keep, dropped))
+        plans[sampler] = proposed[4:]
+    assert plans["gp"] != plans["random"]
+    space = SearchSpace.from_spec(groups, blocks, make_spec(search={"sampler": "gp"}).search)
+    plan = PrunePlan.uniform(groups, 0.5, round_to=4)
+    keep = {g.name: plan.keep.get(g.name, g.channels) for g in groups}
+    params = space.params_for(keep, [blocks[0].name])
+    assert sum(name.startswith(KEEP_PREFIX) for name in params) == len(groups)
+    inside = {g.name for g in groups if g.block == blocks[0].name}
+    assert space.suggest(optuna.trial.FixedTrial(params)) == (
+        {name: count for name, count in keep.items() if name not in inside}, [blocks[0].name])
