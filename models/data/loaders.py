@@ -17,6 +17,7 @@ computes it.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -131,10 +132,7 @@ class FileImages(Dataset):
         image = self.folder.loader(path)
         if seed is None:
             return self._eval(image), label
-        # torchvision's random transforms draw from torch's global generator.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self._train(image), label
+        return self._train(image, random.Random(seed)), label
 
     def __getitem__(self, key: Any) -> tuple[Tensor, Any]:
         if isinstance(key, tuple):

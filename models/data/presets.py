@@ -28,14 +28,12 @@ from torch.nn import functional
 
 from core.catalog import DATASETS, NORMALIZATIONS
 from core.errors import InvalidSpecError
+from models.data.file_transforms import RESIZED_CROP_RATIO, RESIZED_CROP_SCALE, FileTransform
 
 __all__ = ["Preprocessing", "preprocess_image", "resolve_preprocessing"]
 
 #: ImageFolder evaluation keeps the centre 87.5% (224 of 256), as torchvision's recipes do.
 CENTRE_CROP_FRACTION = 0.875
-#: RandomResizedCrop's area range (torchvision's default).
-RESIZED_CROP_SCALE = (0.08, 1.0)
-RESIZED_CROP_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -124,26 +122,11 @@ class Preprocessing:
 
     # ---- image files: PIL, in loader processes --------------------------------------------
 
-    def file_transform(self, train: bool) -> Any:
-        """PIL image -> uint8 tensor ``(C, H, W)``: training augmentation, or the
-        evaluation resize and centre crop (``finish_batch`` does the rest)."""
-        from torchvision import transforms
-
-        size = self.image_size
-        steps: list[Any] = []
-        if train and self.augmentation == "random_resized_crop":
-            steps.append(transforms.RandomResizedCrop(size, scale=RESIZED_CROP_SCALE,
-                                                      ratio=RESIZED_CROP_RATIO))
-        else:
-            steps += [transforms.Resize(self.resize if self.resize is not None
-                                        else (size, size)),
-                      transforms.CenterCrop(size)]
-            if train and self.augmentation == "pad_crop":
-                steps.append(transforms.RandomCrop(size, padding=self.padding))
-        if train and self.flip:
-            steps.append(transforms.RandomHorizontalFlip())
-        steps.append(transforms.PILToTensor())
-        return transforms.Compose(steps)
+    def file_transform(self, train: bool) -> FileTransform:
+        """PIL image (and a ``random.Random`` for the sample) -> uint8 tensor ``(C, H, W)``:
+        training augmentation, or the evaluation resize and centre crop (``finish_batch``
+        does the rest)."""
+        return FileTransform(self, train)
 
 
 @functools.lru_cache(maxsize=32)
