@@ -333,8 +333,9 @@ def export_program(model: nn.Module, path: str | os.PathLike[str], input_shape: 
                                           dynamic_shapes=({0: torch.export.Dim("batch")},))
         except Exception as error:
             raise ExportError(f"torch.export of {type(model).__name__} failed: {error}") from error
-        with atomic_destination(path) as temporary:
-            torch.export.save(program, str(temporary), extra_files=_extra_files(preprocessing))
+        with atomic_destination(path) as temporary, temporary.open("wb") as file:
+            # A file object: given a path not ending in .pt2, torch.export.save warns.
+            torch.export.save(program, file, extra_files=_extra_files(preprocessing))
     finally:
         model.train(was_training)
 
