@@ -11,7 +11,8 @@ CPU (the default), two tables:
   by side with the same images decoded once and held in memory (the limit: nothing
   left to load). The settings alternate for ``--rounds`` rounds; each run trains
   three epochs and is timed over the last two (no worker start-up, no first-epoch
-  warm-up). Medians of images/s, and each setting's share of the limit.
+  warm-up). Medians of images/s, and each setting's share of the limit; then the
+  loading alone (no model) for each worker count, the pipeline's own ceiling.
 * augmentation: cifar_resnet20 on Fashion-MNIST (``--root``, the four IDX files),
   with the preset augmentation (pad-and-crop + flip) and without, at equal
   epochs; accuracy on the official test split. ``--subset`` and ``--epochs`` scale
@@ -136,6 +137,20 @@ def images_per_second(splits: DataSplits, arch: str, batch_size: int, device: st
     return trained / (ends[-1] - ends[0])
 
 
+def loading_only(splits: DataSplits, batch_size: int, epochs: int = 3) -> float:
+    """Images/s of the augmented training batches alone (no model): the pipeline's own
+    ceiling, which the share of the limit hides when compute is slow."""
+    batches = splits.loader("train", batch_size, shuffle=True, seed=0, augment=True)
+    rates = []
+    for epoch in range(epochs):
+        batches.reseed(epoch)
+        began, count = time.perf_counter(), 0
+        for _images, labels in batches:
+            count += len(labels)
+        rates.append(count / (time.perf_counter() - began))
+    return statistics.median(rates)
+
+
 def compare(settings: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
     """Median of each setting over ``rounds`` rounds, the settings alternating."""
     samples: dict[str, list[float]] = {name: [] for name in settings}
@@ -172,6 +187,11 @@ def throughput(options: argparse.Namespace, root: Path) -> None:
     limit = medians["in memory (limit)"]
     _table(["setting", "images/s", "of limit"],
            [[name, f"{value:.0f}", f"{value / limit:.2f}"] for name, value in medians.items()])
+    alone = {workers: loading_only(splits, options.batch_size) for workers, splits in files.items()}
+    print("loading alone (augmented training batches, no model), median of 3 epochs")
+    _table(["setting", "images/s", "ms per image"],
+           [[f"files, {workers} workers", f"{value:.0f}", f"{1000 / value:.2f}"]
+            for workers, value in alone.items()])
 
 
 def augmentation(options: argparse.Namespace) -> None:
