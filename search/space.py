@@ -144,11 +144,16 @@ class SearchSpace:
                 keep[group.name] = group.keep_for_ratio(ratios[group.stage])
         else:
             live = {group.name for group in self.live_groups(dropped)}
-            for group in self.groups if not self.conditional else self.live_groups(dropped):
+            for group in self.asked_groups(dropped):
                 units = trial.suggest_int(KEEP_PREFIX + group.name, 0, group.units())
                 if group.name in live:
                     keep[group.name] = group.keep_for_units(units)
         return keep, dropped
+
+    def asked_groups(self, dropped: Sequence[str]) -> list[GroupRange]:
+        """The groups whose width a trial is asked for when ``dropped`` blocks are gone:
+        the live ones in a conditional space, all of them in a fixed one."""
+        return self.live_groups(dropped) if self.conditional else list(self.groups)
 
     def live_groups(self, dropped: Sequence[str]) -> list[GroupRange]:
         """The groups that still exist when ``dropped`` blocks are gone."""
@@ -185,9 +190,7 @@ class SearchSpace:
                 params[RATIO_PREFIX + stage] = max(self.min_keep_ratio,
                                                    min(1.0, ratio / len(members)))
         else:
-            asked = (self.live_groups([name for name in dropped if name in self.blocks])
-                     if self.conditional else self.groups)
-            for group in asked:
+            for group in self.asked_groups([name for name in dropped if name in self.blocks]):
                 params[KEEP_PREFIX + group.name] = group.units_for_keep(
                     keep.get(group.name, group.channels))
         for name in self.blocks:

@@ -101,4 +101,3 @@ def _random_pad_crop(pixels: np.ndarray, padding: int, rng: random.Random) -> np
                       pixels.dtype)
     padded[padding:padding + height, padding:padding + width] = pixels
     return padded[top:top + height, left:left + width]
-
