@@ -191,8 +191,9 @@ class Objective:
         # Trials fine-tune on the whole training split and are scored on at most
         # fine_tune.trial_eval_images validation images, the same ones every time.
         self.scored = context.splits.limit("val", context.spec.fine_tune.trial_eval_images)
-        self.projection = PlanProjection(context.model, context.example_input(), self.limits,
-                                         context.space)
+        self.projection = PlanProjection(
+            context.model, context.example_input(), self.limits, context.space,
+            accuracy_only=context.spec.objective.mode == "constrained")
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         context, spec = self.context, self.context.spec

@@ -54,8 +54,11 @@ def test_trials_record_every_metric_and_plans_over_a_counted_limit_are_projected
     assert record.flops is not None and record.flops <= 0.6 * baseline_metrics["flops"]
     assert first.user_attrs["fine_tune_seconds"] > 0
     assert first.constraints["max_flops_ratio"] <= 0
-    assert TrialRecord.from_trial(second).feasible is True
-    assert TrialRecord.from_trial(second).projected is False
+    # A plan under the limit is widened onto it (constrained mode, counted limits only).
+    widened = TrialRecord.from_trial(second)
+    assert widened.feasible is True and widened.projected is True
+    assert widened.sampled_plan is not None and widened.sampled_plan["keep"] == light.keep
+    assert 0.45 * baseline_metrics["flops"] < widened.flops <= 0.6 * baseline_metrics["flops"]
     assert all(TrialRecord.from_trial(trial).fidelity == "short" for trial in trials)
     assert second.user_attrs["fine_tune_seconds"] > 0
     assert second.user_attrs["flops"] <= 0.6 * baseline_metrics["flops"]
@@ -77,12 +80,12 @@ def test_a_plan_measured_before_takes_that_trials_record_and_costs_no_fine_tune(
     context = make_context(baseline, baseline_metrics, spec)
     study = _study(tmp_path, spec)
     plan = PrunePlan(keep={g.name: 8 for g in context.space.groups})
-    other = PrunePlan(keep={g.name: 16 for g in context.space.groups})
+    # Another shape (a block dropped): widened onto the limit, it stays another plan.
     # Same parameters twice (as a sampler may propose them), then another plan.
     params = context.space.params_for(plan.keep, [])
     study.enqueue_trial(params)
     study.enqueue_trial(params, skip_if_exists=False)
-    study.enqueue_trial(context.space.params_for(other.keep, []))
+    study.enqueue_trial(context.space.params_for(plan.keep, ["layer3.2"]))
     run_trials(study, Objective(context), spec)
     first, second, third = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(tuned) == 2  # the first and the third plan, not the repeat

@@ -81,6 +81,40 @@ def test_a_limit_no_scaling_reaches_leaves_the_plan_as_sampled(network) -> None:
     assert projection(plan) is plan
 
 
+def test_a_plan_under_counted_limits_is_widened_onto_them_when_only_accuracy_counts(
+        network) -> None:
+    model, x, space = network
+    flops, params = count_flops_params(model, (3, 16, 16))
+    limits = [Limit("max_flops_ratio", "flops", 0.5 * flops),
+              Limit("max_params_ratio", "params", 0.6 * params)]
+    narrow = space.to_plan({g.name: max(g.low, ROUND_TO) for g in space.groups}, ["layer2.2"])
+    assert _counts(model, x, narrow)[0] < 0.3 * flops
+
+    widened = PlanProjection(model, x, limits, space, accuracy_only=True)(narrow)
+    assert widened is not narrow and _on_the_grid(space, widened)
+    assert widened.drop_blocks == ["layer2.2"]
+    assert all(widened.keep.get(name, 10**6) >= count for name, count in narrow.keep.items())
+    kept_flops, kept_params = _counts(model, x, widened)
+    assert kept_flops <= 0.5 * flops and kept_params <= 0.6 * params
+    # On a limit, not far under both: the plan spends the budget the job gave it.
+    assert kept_flops > 0.42 * flops or kept_params > 0.5 * params
+    # A plan every group of which is at full width has nothing to widen.
+    shallow = space.to_plan({}, [b for b in space.blocks][:6])
+    assert PlanProjection(model, x, limits, space, accuracy_only=True)(shallow) is shallow
+
+
+def test_nothing_is_widened_when_costs_count_or_a_limit_is_timed(network) -> None:
+    model, x, space = network
+    flops, _ = count_flops_params(model, (3, 16, 16))
+    narrow = space.to_plan({g.name: max(g.low, ROUND_TO) for g in space.groups}, [])
+    counted = [Limit("max_flops_ratio", "flops", 0.5 * flops)]
+    # weighted and pareto modes: a smaller network is worth something of its own.
+    assert PlanProjection(model, x, counted, space)(narrow) is narrow
+    # A latency limit: a wider plan may break it, and only a timing would tell.
+    timed = [*counted, Limit("max_latency_ms", "latency_ms", 1e9)]
+    assert PlanProjection(model, x, timed, space, accuracy_only=True)(narrow) is narrow
+
+
 def test_groups_inside_a_dropped_block_are_not_sampled(network) -> None:
     _, _, space = network
     inside = [group.name for group in space.groups if group.block == "layer2.1"]
