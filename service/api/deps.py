@@ -18,7 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from service.api.auth import KEY_HASH, TENANT, PresentedKey, presented_key
 from service.config import Settings
 from service.db import close_session, database_error, request_session
-from service.jobs import LiveWorkers
+from service.errors import NotFoundError
+from service.jobs import Job, LiveWorkers, get_job, get_job_for_key
 from service.tenants import TenantIdentity
 from service.trials import StudyReader
 
@@ -98,6 +99,44 @@ async def pending_tenant(request: Request) -> TenantIdentity:
     return PendingTenant(-1, "", key=key, engine=request.app.state.engine)
 
 
+@dataclass(frozen=True)
+class KeyTenant(PendingTenant):
+    """A ``PendingTenant`` that ``CommittingRoute`` leaves pending: the route checks the key
+    in the query it makes anyway (:func:`owned_job`)."""
+
+
+async def key_tenant(request: Request) -> TenantIdentity:
+    """``current_tenant``, but left to the route to look up (a ``KeyTenant``) when it is
+    still pending.
+
+    Raises:
+        AuthenticationError: no well-formed key.
+    """
+    tenant = await current_tenant(request)
+    if type(tenant) is PendingTenant:
+        return KeyTenant(tenant.id, tenant.name, key=tenant.key, engine=tenant.engine)
+    return tenant
+
+
+def owned_job(session: Session, job_id: str, tenant: TenantIdentity) -> Job:
+    """The job, if ``tenant`` owns it; for a ``KeyTenant`` the key is checked in the same
+    statement (``service.jobs.get_job_for_key``), and only a miss looks the key up alone,
+    to answer 401 for a bad key and 404 for a job the key's tenant does not have.
+
+    Raises:
+        AuthenticationError: an unknown or revoked key.
+        NotFoundError: no such job for this tenant (another tenant's: the same error).
+    """
+    if not isinstance(tenant, KeyTenant):
+        return get_job(session, job_id, tenant.id)
+    assert tenant.key is not None
+    job = get_job_for_key(session, job_id, tenant.key.key_hash)
+    if job is None:
+        tenant.resolve(session)
+        raise NotFoundError(f"job {job_id} not found")
+    return job
+
+
 def resolve_tenant(tenant: TenantIdentity, session: Session | None) -> TenantIdentity:
     """``tenant``, looked up on ``session`` if it is still pending.
 
@@ -128,6 +167,7 @@ async def get_session(request: Request) -> Session:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
+KeyTenantDep = Annotated[TenantIdentity, Depends(key_tenant)]
 PendingTenantDep = Annotated[TenantIdentity, Depends(pending_tenant)]
 
 
@@ -141,6 +181,7 @@ class CommittingRoute(APIRoute):
 
     * looks up the tenant of a request without a body (``PendingTenant``) on the
       request session's connection (a request never holds two pooled connections),
+      unless the route does it in its own query (``KeyTenant``),
     * runs the route,
     * commits every session among its arguments as soon as it returns (row locks, such
       as the tenant row on submission, and SQLite's writer turn are not held while the
@@ -172,7 +213,7 @@ def _run_and_commit(endpoint: Callable[..., Any], kwargs: dict[str, Any]) -> Any
     sessions = [value for value in kwargs.values() if isinstance(value, Session)]
     try:
         for name, value in kwargs.items():
-            if isinstance(value, PendingTenant):
+            if isinstance(value, PendingTenant) and not isinstance(value, KeyTenant):
                 kwargs[name] = resolve_tenant(value, sessions[0] if sessions else None)
         result = endpoint(**kwargs)
         for session in sessions:

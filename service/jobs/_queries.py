@@ -9,12 +9,17 @@ from service.db import use_session
 from service.errors import NotFoundError
 from service.jobs._state import JobStatus
 from service.jobs._tables import Artifact, Event, Job
-from service.tables import WeightsUpload, is_valid_id
+from service.tables import ApiKey, WeightsUpload, is_valid_id
 
 # One query: the artifacts come with the job instead of a second SELECT. Built once:
 # building a statement costs more than running it.
 _JOB = select(Job).options(joinedload(Job.artifacts)).where(Job.id == bindparam("job_id"))
 _TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
+# The job, if an active key of its tenant is the one presented: the key check and the
+# read in one round trip (``get_job_for_key``).
+_KEY_JOB = _JOB.join(ApiKey.__table__, ApiKey.__table__.c.tenant_id == Job.tenant_id).where(
+    ApiKey.__table__.c.key_hash == bindparam("key_hash"),
+    ApiKey.__table__.c.revoked_at.is_(None))
 #: The largest id the events table's INTEGER key can hold.
 LARGEST_EVENT_ID = 2**31 - 1
 
@@ -34,6 +39,20 @@ def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -
     if job is None:
         raise NotFoundError(f"job {job_id} not found")
     return job
+
+
+def get_job_for_key(session: Session, job_id: str, key_hash: str) -> Job | None:
+    """The job, if the tenant of the active API key hashed ``key_hash`` owns it; None when
+    it does not, when there is no such job, or when the key is unknown or revoked (the
+    caller tells those apart, on its rare path).
+
+    One statement where a key lookup and ``get_job`` take two: on PostgreSQL each
+    round trip costs the API process about a third of a millisecond of CPU.
+    """
+    if not is_valid_id(job_id):
+        return None
+    return session.scalars(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}).unique() \
+        .one_or_none()
 
 
 def list_jobs(session: Session, tenant_id: int, *, status: JobStatus | None = None,

@@ -4,12 +4,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
 
 from service.api.app import create_app
 from service.config import Settings
 from service.errors import ConfigurationError
 from service.jobs import JobStatus, transition
-from service.tenants import revoke_api_key
+from service.tenants import KEY_PREFIX, revoke_api_key
 from tests.service_tests.conftest import Api, spec_json
 
 
@@ -123,6 +124,36 @@ def test_another_tenants_job_is_indistinguishable_from_a_missing_one(api: Api) -
         assert missing.json()["detail"] == f"job {missing_id} not found"
     assert api.client.get("/v1/jobs", headers=other).json()["count"] == 0
     assert api.client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+def test_reading_a_job_checks_the_key_in_the_jobs_own_query(api: Api) -> None:
+    job_id = api.client.post("/v1/jobs", json=spec_json()).json()["id"]
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+        statements.append(" ".join(statement.split()).lower())
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        assert api.client.get(f"/v1/jobs/{job_id}").status_code == 200
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    # One statement reads the job and checks the key; no lookup of the key of its own.
+    [read] = [statement for statement in statements if "from jobs" in statement]
+    assert "api_keys.key_hash" in read and "api_keys.revoked_at is null" in read
+    assert not [statement for statement in statements
+                if "api_keys" in statement and statement is not read]
+    # A miss still tells a bad key (401) from a job this tenant does not have (404).
+    missing = "0" * 32
+    assert api.client.get(f"/v1/jobs/{missing}").status_code == 404
+    assert api.client.get(f"/v1/jobs/{job_id}",
+                          headers=api.other_tenant_headers()).status_code == 404
+    unknown = {"Authorization": f"Bearer {KEY_PREFIX}{'x' * 32}"}
+    for wanted in (job_id, missing, "not-an-id"):
+        assert api.client.get(f"/v1/jobs/{wanted}", headers=unknown).status_code == 401
+    revoke_api_key(api.engine, api.key.prefix)
+    revoked = api.client.get(f"/v1/jobs/{job_id}")
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
 def test_requests_need_a_valid_unrevoked_key(api: Api) -> None:

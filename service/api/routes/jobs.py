@@ -11,10 +11,12 @@ from service import jobs
 from service.api.deps import (
     CommittingRoute,
     CurrentTenant,
+    KeyTenantDep,
     LiveWorkersDep,
     SessionDep,
     SettingsDep,
     StudyReaderDep,
+    owned_job,
 )
 from service.api.schemas import ErrorPublic, JobCreate, JobPublic, JobsPublic
 from service.config import Settings
@@ -55,11 +57,12 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 
 
 @router.get("/{job_id}", responses=NOT_FOUND)
-def read_job(job_id: str, tenant: CurrentTenant, session: SessionDep,
+def read_job(job_id: str, tenant: KeyTenantDep, session: SessionDep,
              live: LiveWorkersDep) -> JobPublic:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
-    job = jobs.get_job(session, job_id, tenant.id)
+    # The route clients poll: the key is checked in the job's own query.
+    job = owned_job(session, job_id, tenant)
     waiting = jobs.waiting_for(session, job, live)
     return JobPublic.from_row(job, waiting_for=waiting)
 
