@@ -5,7 +5,9 @@ The key is read from ``Authorization: Bearer <key>`` by the guard middleware
 refused there without a query. Where the key is looked up depends on the request
 (the guard's docstring says why): a request with a body is authenticated by the
 guard before a byte of the body is read; a request without one is authenticated in
-the worker-thread call that serves it, on the same connection (``deps.CommittingRoute``).
+the worker-thread call that serves it, on the same connection (``deps.CommittingRoute``);
+``GET /v1/jobs/{id}``, the route clients poll, checks it in the job's own query
+(``deps.owned_job``).
 """
 
 from __future__ import annotations
