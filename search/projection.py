@@ -19,8 +19,8 @@ is scaled up onto them the same way (the widest scaling that still meets them; a
 width never past the group's own). A plan at 35% of the FLOPs under a 50% limit
 gives up accuracy for nothing the job asked for, and comparing plans of unequal
 size ranks their sizes more than their shapes (in the Fashion-MNIST benchmark half
-the sampled plans under a 50% limit used less than 34% of the FLOPs). Candidates
-sized to the budget is what EagleEye's and MetaPruning's searches compare too. With a
+the sampled plans under a 50% limit used less than 34% of the FLOPs). EagleEye, too,
+compares only candidates within a small tolerance of the target FLOPs. With a
 latency limit, or costs weighed into the objective (``weighted``, ``pareto``), a
 smaller plan can be worth it, and nothing is widened.
 
