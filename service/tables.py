@@ -11,7 +11,7 @@ import re
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text, and_, bindparam
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db import Base, UTCDateTime, utcnow
@@ -57,6 +57,13 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     tenant: Mapped[Tenant] = relationship(lazy="joined")
+
+
+#: The condition an API key authenticates on: its hash is the presented key's (bound as
+#: ``key_hash``) and it is not revoked. The key lookup (``service.tenants``) and the job
+#: read that checks its key (``service.jobs.get_job_for_key``) both use this one.
+ACTIVE_KEY = and_(ApiKey.__table__.c.key_hash == bindparam("key_hash"),
+                  ApiKey.__table__.c.revoked_at.is_(None))
 
 
 class WeightsUpload(Base):

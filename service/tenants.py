@@ -10,12 +10,12 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, bindparam, or_, select, update
+from sqlalchemy import Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db import affected_rows, use_session, utcnow
 from service.errors import NotFoundError
-from service.tables import ApiKey, Tenant
+from service.tables import ACTIVE_KEY, ApiKey, Tenant
 
 KEY_PREFIX = "tpy_"
 PREFIX_LENGTH = 12
@@ -101,7 +101,7 @@ def revoke_api_key(bind: Engine | Session, key_or_prefix: str) -> int:
 _TENANTS, _KEYS = Tenant.__table__.c, ApiKey.__table__.c
 _ACTIVE_KEY = (select(_TENANTS.id, _TENANTS.name)
                .join_from(Tenant.__table__, ApiKey.__table__, _KEYS.tenant_id == _TENANTS.id)
-               .where(_KEYS.key_hash == bindparam("key_hash"), _KEYS.revoked_at.is_(None)))
+               .where(ACTIVE_KEY))
 
 
 def authenticate(session: Session, key: str) -> TenantIdentity | None:

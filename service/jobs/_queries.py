@@ -9,7 +9,7 @@ from service.db import use_session
 from service.errors import NotFoundError
 from service.jobs._state import JobStatus
 from service.jobs._tables import Artifact, Event, Job
-from service.tables import ApiKey, WeightsUpload, is_valid_id
+from service.tables import ACTIVE_KEY, ApiKey, WeightsUpload, is_valid_id
 
 # One query: the artifacts come with the job instead of a second SELECT. Built once:
 # building a statement costs more than running it.
@@ -18,8 +18,7 @@ _TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
 # The job, if an active key of its tenant is the one presented: the key check and the
 # read in one round trip (``get_job_for_key``).
 _KEY_JOB = _JOB.join(ApiKey.__table__, ApiKey.__table__.c.tenant_id == Job.tenant_id).where(
-    ApiKey.__table__.c.key_hash == bindparam("key_hash"),
-    ApiKey.__table__.c.revoked_at.is_(None))
+    ACTIVE_KEY)
 #: The largest id the events table's INTEGER key can hold.
 LARGEST_EVENT_ID = 2**31 - 1
 

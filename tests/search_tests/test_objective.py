@@ -80,8 +80,8 @@ def test_a_plan_measured_before_takes_that_trials_record_and_costs_no_fine_tune(
     context = make_context(baseline, baseline_metrics, spec)
     study = _study(tmp_path, spec)
     plan = PrunePlan(keep={g.name: 8 for g in context.space.groups})
-    # Another shape (a block dropped): widened onto the limit, it stays another plan.
-    # Same parameters twice (as a sampler may propose them), then another plan.
+    # Same parameters twice (as a sampler may propose them), then another plan: another
+    # shape (a block dropped), so that widened onto the limit it stays another plan.
     params = context.space.params_for(plan.keep, [])
     study.enqueue_trial(params)
     study.enqueue_trial(params, skip_if_exists=False)
