@@ -2,14 +2,18 @@
 L1 magnitude (``PrunePlan.uniform``) or (f) Torch-Pruning's global magnitude ranking
 (``BasePruner(global_pruning=True)``, ``GroupMagnitudeImportance``), the largest ratio
 that meets the target as measured (FLOPs, or CPU latency timed side by side with the
-baseline), fine-tuned for the whole budget of a search row (search + final steps).
+baseline until the ratio is stable: the final timing a search row's delivered plan
+passes, ``search.final_timing.FinalTimer``), fine-tuned for the whole budget of a
+search row (search + final steps).
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch_pruning as tp
@@ -19,49 +23,59 @@ from torch import nn
 from core.spec import JobSpec
 from core.trial import is_feasible
 from models.groups import final_classifier
-from models.latency import latency_against
 from models.measure import measure_model
 from models.plan import PrunePlan, apply_plan
 from search.constraints import active_limits, violations
+from search.final_timing import FinalTimer
+
+Costs = Callable[[nn.Module], dict[str, float]]
 
 
-def _costs(setup: Setup, model: nn.Module, spec: JobSpec) -> dict[str, float]:
-    """FLOPs and latency ratios (latency side by side with the baseline) and feasibility."""
+def _cost_meter(setup: Setup, spec: JobSpec, timer: FinalTimer) -> Costs:
+    """FLOPs and latency ratios and feasibility of a pruned network. Its latency is the
+    final timing a search row's delivered plan passes (``FinalTimer.network``: side by
+    side with the unpruned network, rounds until the ratio is stable, the slower of the
+    median and fastest-pass ratios): one short timing per knob of a scan would take the
+    first knob that a noisy timing let under a latency limit."""
     device = setup.profile.device
-    cost = measure_model(model, setup.splits.input_shape, device, spec.latency.batch_size,
-                         0, 1).to_dict()
-    cost.update(latency_against(setup.model, model, setup.splits.input_shape, device,
-                                setup.baseline["latency_ms"], spec.latency.batch_size,
-                                spec.latency.warmup, spec.latency.runs))
-    cost["flops"] = cost["macs"]
     limits = active_limits(spec.objective.constraints, setup.baseline)
-    return {"flops": cost["flops"] / setup.baseline["flops"],
-            "latency": cost["latency_ms"] / setup.baseline["latency_ms"],
-            "feasible": float(is_feasible(violations(limits, cost)))}
+
+    def costs(model: nn.Module) -> dict[str, float]:
+        cost = measure_model(model, setup.splits.input_shape, device, spec.latency.batch_size,
+                             0, 1).to_dict()
+        cost["flops"] = cost["macs"]
+        cost.update(timer.network(model, lambda latency: not is_feasible(
+            violations(limits, {**cost, **latency}))))
+        return {"flops": cost["flops"] / setup.baseline["flops"],
+                "latency": cost["latency_ms"] / setup.baseline["latency_ms"],
+                "feasible": float(is_feasible(violations(limits, cost)))}
+
+    return costs
 
 
-
-def _largest_fitting(prune: Callable[[float], nn.Module], setup: Setup, spec: JobSpec,
+def _largest_fitting(prune: Callable[[float], nn.Module], costs: Costs,
                      low: float, high: float, grid: float = 0.05,
-                     steps: int = 5) -> nn.Module | None:
+                     steps: int = 5) -> tuple[nn.Module, dict[str, float]] | None:
     """The pruned network of the largest knob in [low, high] that meets the spec's limits
-    as measured: scan down a grid, then bisect between the first fit and the grid point
-    above it (Torch-Pruning's global pruning is not monotone in its ratio near the
-    extremes, so a plain bisection over the whole range can miss)."""
+    as measured, with its measured costs: scan down a grid, then bisect between the first
+    fit and the grid point above it (Torch-Pruning's global pruning is not monotone in its
+    ratio near the extremes, so a plain bisection over the whole range can miss)."""
     knobs = [high - index * grid for index in range(int((high - low) / grid) + 1)]
     for upper, knob in zip([None, *knobs], knobs, strict=False):
         candidate = prune(knob)
-        if not _costs(setup, candidate, spec)["feasible"]:
+        measured = costs(candidate)
+        if not measured["feasible"]:
             continue
-        best, low = candidate, knob
+        best, low = (candidate, measured), knob
         if upper is None:
             return best
         high = upper
         for _ in range(steps):
             middle = (low + high) / 2
             candidate = prune(middle)
-            if _costs(setup, candidate, spec)["feasible"]:
-                low, best = middle, candidate
+            measured = costs(candidate)
+            if measured["feasible"]:
+                low, best = middle, (candidate, measured)
             else:
                 high = middle
         return best
@@ -96,21 +110,24 @@ def run_one_shot(setup: Setup, row: str, target: int, seeds: tuple[int, ...],
     started = time.perf_counter()
     profile = setup.profile
     spec = make_spec(profile, TARGETS[target][1], "tpe", None, 0)
-    model = _largest_fitting(_pruner(setup, spec, row), setup, spec,
-                             spec.search.min_keep_ratio, 1.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        timer = FinalTimer(spec, setup.model, setup.splits.input_shape, profile.device,
+                           float(setup.baseline["latency_ms"]), Path(scratch))
+        found = _largest_fitting(_pruner(setup, spec, row), _cost_meter(setup, spec, timer),
+                                 spec.search.min_keep_ratio, 1.0)
     steps = profile.search_steps + profile.final_steps
-    if model is None:
+    if found is None:
         log(f"{row} {TARGETS[target][0]}: no knob meets the target")
         return [{"row": row, "target": target, "seed": seed, "test": None, "trial_steps": 0,
                  "rerank_steps": 0, "final_steps": 0, "seconds": 0.0} for seed in seeds]
-    costs = _costs(setup, model, spec)
-    found = time.perf_counter() - started
+    model, measured = found
+    scanned = time.perf_counter() - started
     outcomes = []
     for seed in seeds:
         began = time.perf_counter()
         test = final_tune(setup, copy.deepcopy(model), steps, seed)
         outcomes.append({"row": row, "target": target, "seed": seed, "test": test,
                          "trial_steps": 0, "rerank_steps": 0, "final_steps": steps,
-                         "flops": costs["flops"], "latency": costs["latency"], "dropped": 0,
-                         "seconds": found / len(seeds) + time.perf_counter() - began})
+                         "flops": measured["flops"], "latency": measured["latency"], "dropped": 0,
+                         "seconds": scanned / len(seeds) + time.perf_counter() - began})
     return outcomes
