@@ -12,6 +12,10 @@ validation accuracy less 0.5 point; a row needs the steps spent when its own
 best-so-far first reaches that level (never within its trial phase: more than
 the steps it had). The goal asks (a)'s steps, mean over seeds, to be at most half
 of (d)'s.
+
+Seed noise: beside the verdict on the means, each row's difference from (a) with a
+Welch 95% interval over the seeds (``scipy.stats.ttest_ind``, unequal variances):
+with three seeds a row whose interval holds 0 is not told apart from (a).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from typing import Any
+
+from scipy import stats
 
 WITHIN = 0.005
 ROW_A, ROW_D, ROW_E = "(a) TPE warm", "(d) random", "(e) uniform L1"
@@ -114,6 +120,10 @@ def verdicts(summary: dict[str, dict[str, Any]], label: str) -> list[str]:
     lines.append(f"{label}: (a) at or above every other row (mean over seeds): "
                  + ("MET" if not better and a["mean"] is not None
                     else "NOT MET, above it: " + (", ".join(better) or "(a) has no model")))
+    noise = _differences(a, summary)
+    if noise:
+        lines.append(f"{label}: (a) minus each row, points, with a Welch 95% interval over "
+                     f"the seeds: {noise}")
     e = summary.get(ROW_E)
     if label == "flops 25%" and e is not None:
         met = (a["drop"] is not None and e["drop"] is not None
@@ -134,6 +144,25 @@ def verdicts(summary: dict[str, dict[str, Any]], label: str) -> list[str]:
                          + (" (d) never got there in some seed, its steps are a lower bound"
                             if d["reach_bound"] else ""))
     return lines
+
+
+def _differences(a: dict[str, Any], summary: dict[str, dict[str, Any]]) -> str:
+    """``row d [low, high]`` for every row with a model in each seed: (a)'s mean less the
+    row's, and the Welch 95% interval of that difference."""
+    if a["mean"] is None or len(a["tests"]) < 2:
+        return ""
+    parts = []
+    for row, s in summary.items():
+        if row == ROW_A or s["mean"] is None or len(s["tests"]) < 2:
+            continue
+        difference = 100 * (a["mean"] - s["mean"])
+        if a["std"] == 0 and s["std"] == 0:
+            parts.append(f"{row} {difference:+.2f} (no spread)")
+            continue
+        interval = stats.ttest_ind([100 * t for t in a["tests"]], [100 * t for t in s["tests"]],
+                                   equal_var=False).confidence_interval(0.95)
+        parts.append(f"{row} {difference:+.2f} [{interval.low:+.2f}, {interval.high:+.2f}]")
+    return "; ".join(parts)
 
 
 def table(summary: dict[str, dict[str, Any]], label: str, baseline_test: float) -> str:
