@@ -19,7 +19,7 @@ from service.api.auth import KEY_HASH, TENANT, PresentedKey, presented_key
 from service.config import Settings
 from service.db import close_session, database_error, request_session
 from service.errors import NotFoundError
-from service.jobs import Job, LiveWorkers, get_job, get_job_for_key
+from service.jobs import Job, JobRead, LiveWorkers, get_job, get_job_for_key
 from service.tenants import TenantIdentity
 from service.trials import StudyReader
 
@@ -118,7 +118,7 @@ async def key_tenant(request: Request) -> TenantIdentity:
     return tenant
 
 
-def owned_job(session: Session, job_id: str, tenant: TenantIdentity) -> Job:
+def owned_job(session: Session, job_id: str, tenant: TenantIdentity) -> Job | JobRead:
     """The job, if ``tenant`` owns it; for a ``KeyTenant`` the key is checked in the same
     statement (``service.jobs.get_job_for_key``), and only a miss looks the key up alone,
     to answer 401 for a bad key and 404 for a job the key's tenant does not have.

@@ -11,7 +11,7 @@ from core.limits import LimitStanding, limit_standings
 from core.progress import JobProgress
 from core.spec import Constraints, JobSpec
 from service.db import utcnow
-from service.jobs import Artifact, Event, Job, JobStatus
+from service.jobs import Artifact, ArtifactRead, Event, Job, JobRead, JobStatus
 from service.tables import WeightsUpload
 from service.trials import TrialPublic
 
@@ -40,7 +40,7 @@ class ArtifactPublic(BaseModel):
     url: str
 
     @classmethod
-    def from_row(cls, artifact: Artifact) -> ArtifactPublic:
+    def from_row(cls, artifact: Artifact | ArtifactRead) -> ArtifactPublic:
         return cls(format=artifact.kind, size=artifact.size, sha256=artifact.sha256,
                    url=f"/v1/jobs/{artifact.job_id}/checkpoint?format={artifact.kind}")
 
@@ -75,7 +75,7 @@ class JobPublic(BaseModel):
     spec: dict[str, Any]
 
     @classmethod
-    def from_row(cls, job: Job, waiting_for: str | None = None) -> JobPublic:
+    def from_row(cls, job: Job | JobRead, waiting_for: str | None = None) -> JobPublic:
         return cls(id=job.id, name=job.name, status=JobStatus(job.status), phase=job.phase,
                    attempts=job.attempts, cancel_requested=job.cancel_requested,
                    device_type=job.device_type, device_model=job.device_model,
@@ -91,13 +91,13 @@ class JobPublic(BaseModel):
                    spec=job.spec)
 
 
-def _limits(job: Job) -> list[LimitStanding]:
+def _limits(job: Job | JobRead) -> list[LimitStanding]:
     constraints = Constraints.model_validate(
         job.spec.get("objective", {}).get("constraints", {}))
     return limit_standings(constraints, job.baseline, job.best)
 
 
-def _progress(job: Job) -> JobProgress:
+def _progress(job: Job | JobRead) -> JobProgress:
     reported = dict(job.progress or {})
     reported.setdefault("trials_total", job.spec.get("search", {}).get("n_trials", 0))
     progress = JobProgress.model_validate(reported)

@@ -21,6 +21,8 @@ from service.jobs._leases import (
     requeue_expired,
 )
 from service.jobs._queries import (
+    ArtifactRead,
+    JobRead,
     count_jobs_by_status,
     get_artifact,
     get_job,
@@ -100,6 +102,8 @@ __all__ = [
     "fail_job",
     "get_artifact",
     "get_job",
+    "ArtifactRead",
+    "JobRead",
     "get_job_for_key",
     "is_cancel_requested",
     "list_events",

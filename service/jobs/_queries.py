@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import Engine, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
@@ -15,10 +19,59 @@ from service.tables import ACTIVE_KEY, ApiKey, WeightsUpload, is_valid_id
 # building a statement costs more than running it.
 _JOB = select(Job).options(joinedload(Job.artifacts)).where(Job.id == bindparam("job_id"))
 _TENANT_JOB = _JOB.where(Job.tenant_id == bindparam("tenant_id"))
-# The job, if an active key of its tenant is the one presented: the key check and the
-# read in one round trip (``get_job_for_key``).
-_KEY_JOB = _JOB.join(ApiKey.__table__, ApiKey.__table__.c.tenant_id == Job.tenant_id).where(
-    ACTIVE_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRead:
+    """An artifact as ``get_job_for_key`` read it (no ORM object)."""
+
+    job_id: str
+    kind: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobRead:
+    """A job as ``get_job_for_key`` read it: the columns readers of a job use, as plain
+    values, and its artifacts; what ``JobPublic`` and ``waiting_for`` read from a ``Job``."""
+
+    id: str
+    name: str
+    spec: dict[str, Any]
+    status: str
+    phase: str | None
+    attempts: int
+    device_request: str | None
+    device_type: str | None
+    latency_runtime: str
+    device_model: str | None
+    cancel_requested: bool
+    progress: dict[str, Any] | None
+    baseline: dict[str, Any] | None
+    best: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    study_name: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    artifacts: tuple[ArtifactRead, ...]
+
+
+_JOBS, _ARTIFACTS, _KEYS = Job.__table__, Artifact.__table__, ApiKey.__table__
+_READ_COLUMNS = [name for name in JobRead.__dataclass_fields__ if name != "artifacts"]
+# The job, if an active key of its tenant is the one presented, with its artifacts: the
+# key check and the read in one round trip, in Core (``get_job_for_key``; loading ORM
+# objects would cost more than the statement).
+_KEY_JOB = (
+    select(*(_JOBS.c[name] for name in _READ_COLUMNS),
+           _ARTIFACTS.c.kind.label("artifact_kind"), _ARTIFACTS.c.size.label("artifact_size"),
+           _ARTIFACTS.c.sha256.label("artifact_sha256"))
+    .select_from(_JOBS.join(_KEYS, _KEYS.c.tenant_id == _JOBS.c.tenant_id)
+                 .outerjoin(_ARTIFACTS, _ARTIFACTS.c.job_id == _JOBS.c.id))
+    .where(_JOBS.c.id == bindparam("job_id"), ACTIVE_KEY)
+    .order_by(_ARTIFACTS.c.kind))  # as Job.artifacts is ordered
 #: The largest id the events table's INTEGER key can hold.
 LARGEST_EVENT_ID = 2**31 - 1
 
@@ -40,7 +93,7 @@ def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -
     return job
 
 
-def get_job_for_key(session: Session, job_id: str, key_hash: str) -> Job | None:
+def get_job_for_key(session: Session, job_id: str, key_hash: str) -> JobRead | None:
     """The job, if the tenant of the active API key hashed ``key_hash`` owns it; None when
     it does not, when there is no such job, or when the key is unknown or revoked (the
     caller tells those apart, on its rare path).
@@ -50,8 +103,15 @@ def get_job_for_key(session: Session, job_id: str, key_hash: str) -> Job | None:
     """
     if not is_valid_id(job_id):
         return None
-    return session.scalars(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}).unique() \
-        .one_or_none()
+    rows = session.connection().execute(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}) \
+        .all()
+    if not rows:
+        return None
+    first = rows[0]._mapping
+    artifacts = tuple(ArtifactRead(job_id, row.artifact_kind, row.artifact_size,
+                                   row.artifact_sha256)
+                      for row in rows if row.artifact_kind is not None)
+    return JobRead(**{name: first[name] for name in _READ_COLUMNS}, artifacts=artifacts)
 
 
 def list_jobs(session: Session, tenant_id: int, *, status: JobStatus | None = None,

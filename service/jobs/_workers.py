@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from service.db import UTCDateTime, affected_rows, is_postgresql, use_session, utcnow
 from service.jobs._clock import database_now, deadline_after
+from service.jobs._queries import JobRead
 from service.jobs._state import JobStatus
 from service.jobs._tables import Job, Worker
 
@@ -117,7 +118,7 @@ class LiveWorkers:
         return rows
 
 
-def waiting_for(bind: Engine | Session, job: Job, live: LiveWorkers) -> str | None:
+def waiting_for(bind: Engine | Session, job: Job | JobRead, live: LiveWorkers) -> str | None:
     """What a queued (or deserted searching) job waits for when no live worker can take
     it: a worker with its latency runtime, device type or device model; None when a
     live worker can (or the job is not waiting).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, BackgroundTasks, Query, Response
 
 from service import jobs
 from service.api.deps import (
@@ -56,15 +56,18 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
                       offset=offset)
 
 
-@router.get("/{job_id}", responses=NOT_FOUND)
+@router.get("/{job_id}", responses=NOT_FOUND, response_model=JobPublic)
 def read_job(job_id: str, tenant: KeyTenantDep, session: SessionDep,
-             live: LiveWorkersDep) -> JobPublic:
+             live: LiveWorkersDep) -> Response:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
-    # The route clients poll: the key is checked in the job's own query.
+    # The route clients poll: the key is checked in the job's own query (read without ORM
+    # objects), and the JobPublic built here is serialised once, in this worker thread,
+    # instead of validated again and serialised on the event loop.
     job = owned_job(session, job_id, tenant)
     waiting = jobs.waiting_for(session, job, live)
-    return JobPublic.from_row(job, waiting_for=waiting)
+    return Response(JobPublic.from_row(job, waiting_for=waiting).model_dump_json(),
+                    media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", responses={
