@@ -90,8 +90,8 @@ def affected_rows(result: Result[Any]) -> int:
     return result.rowcount
 
 
-def is_postgresql(bind: Engine | Session) -> bool:
-    dialect = bind.dialect if isinstance(bind, Engine) else bind.get_bind().dialect
+def is_postgresql(bind: Engine | Connection | Session) -> bool:
+    dialect = bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
     return dialect.name == "postgresql"
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -106,35 +107,49 @@ class KeyTenant(PendingTenant):
 
 
 async def key_tenant(request: Request) -> TenantIdentity:
-    """``current_tenant``, but left to the route to look up (a ``KeyTenant``) when it is
-    still pending.
+    """``pending_tenant``, left to the route to look up (a ``KeyTenant``) when it is still
+    pending: the route checks the key in the query it makes anyway (:func:`owned_job`).
 
     Raises:
         AuthenticationError: no well-formed key.
     """
-    tenant = await current_tenant(request)
+    tenant = await pending_tenant(request)
     if type(tenant) is PendingTenant:
         return KeyTenant(tenant.id, tenant.name, key=tenant.key, engine=tenant.engine)
     return tenant
 
 
-def owned_job(session: Session, job_id: str, tenant: TenantIdentity) -> Job | JobRead:
+def owned_job(bind: Connection | Session, job_id: str, tenant: TenantIdentity
+              ) -> Job | JobRead:
     """The job, if ``tenant`` owns it; for a ``KeyTenant`` the key is checked in the same
-    statement (``service.jobs.get_job_for_key``), and only a miss looks the key up alone,
-    to answer 401 for a bad key and 404 for a job the key's tenant does not have.
+    statement (``service.jobs.get_job_for_key``, on ``bind``'s connection), and only a miss
+    looks the key up alone, to answer 401 for a bad key and 404 for a job the key's tenant
+    does not have.
 
     Raises:
         AuthenticationError: an unknown or revoked key.
         NotFoundError: no such job for this tenant (another tenant's: the same error).
     """
     if not isinstance(tenant, KeyTenant):
-        return get_job(session, job_id, tenant.id)
+        with _session_on(bind) as session:
+            return get_job(session, job_id, tenant.id)
     assert tenant.key is not None
-    job = get_job_for_key(session, job_id, tenant.key.key_hash)
+    job = get_job_for_key(bind, job_id, tenant.key.key_hash)
     if job is None:
-        tenant.resolve(session)
+        with _session_on(bind) as session:
+            tenant.resolve(session)
         raise NotFoundError(f"job {job_id} not found")
     return job
+
+
+@contextmanager
+def _session_on(bind: Connection | Session) -> Iterator[Session]:
+    """``bind`` itself, or a session on the connection ``bind`` (which it leaves open)."""
+    if isinstance(bind, Session):
+        yield bind
+    else:
+        with Session(bind=bind) as session:
+            yield session
 
 
 def resolve_tenant(tenant: TenantIdentity, session: Session | None) -> TenantIdentity:
@@ -167,7 +182,6 @@ async def get_session(request: Request) -> Session:
 
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentTenant = Annotated[TenantIdentity, Depends(current_tenant)]
-KeyTenantDep = Annotated[TenantIdentity, Depends(key_tenant)]
 PendingTenantDep = Annotated[TenantIdentity, Depends(pending_tenant)]
 
 

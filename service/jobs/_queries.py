@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from service.db import use_session
@@ -93,7 +93,7 @@ def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -
     return job
 
 
-def get_job_for_key(session: Session, job_id: str, key_hash: str) -> JobRead | None:
+def get_job_for_key(bind: Connection | Session, job_id: str, key_hash: str) -> JobRead | None:
     """The job, if the tenant of the active API key hashed ``key_hash`` owns it; None when
     it does not, when there is no such job, or when the key is unknown or revoked (the
     caller tells those apart, on its rare path).
@@ -103,8 +103,8 @@ def get_job_for_key(session: Session, job_id: str, key_hash: str) -> JobRead | N
     """
     if not is_valid_id(job_id):
         return None
-    rows = session.connection().execute(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}) \
-        .all()
+    connection = bind.connection() if isinstance(bind, Session) else bind
+    rows = connection.execute(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}).all()
     if not rows:
         return None
     first = rows[0]._mapping

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Interval, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, Interval, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from service.db import UTCDateTime, affected_rows, is_postgresql, use_session, utcnow
@@ -80,10 +80,11 @@ _LIVE_CAPABILITIES = {
 }
 
 
-def _live_capabilities(session: Session, within_seconds: float) -> tuple[Any, dict[str, Any]]:
+def _live_capabilities(connection: Connection, within_seconds: float
+                       ) -> tuple[Any, dict[str, Any]]:
     """The statement and parameters of the live workers' device and runtimes."""
     within = timedelta(seconds=within_seconds)
-    if is_postgresql(session):
+    if is_postgresql(connection):
         return _LIVE_CAPABILITIES["postgresql"], {"within": within}
     return _LIVE_CAPABILITIES["sqlite"], {"cutoff": utcnow() - within}
 
@@ -106,33 +107,38 @@ class LiveWorkers:
         # reading at once both query, and either answer is right).
         self._read: tuple[float, list[Any]] | None = None
 
-    def read(self, session: Session) -> list[Any]:
+    def read(self, bind: Connection | Session) -> list[Any]:
         """Device type, device name and runtimes of every live worker."""
         now = time.monotonic()
         read = self._read
         if read is not None and now - read[0] < self.max_age_seconds:
             return read[1]
-        rows = list(session.connection().execute(
-            *_live_capabilities(session, self.within_seconds)).all())
+        connection = bind.connection() if isinstance(bind, Session) else bind
+        rows = list(connection.execute(
+            *_live_capabilities(connection, self.within_seconds)).all())
         self._read = (now, rows)
         return rows
 
 
-def waiting_for(bind: Engine | Session, job: Job | JobRead, live: LiveWorkers) -> str | None:
+def waiting_for(bind: Engine | Connection | Session, job: Job | JobRead,
+                live: LiveWorkers) -> str | None:
     """What a queued (or deserted searching) job waits for when no live worker can take
     it: a worker with its latency runtime, device type or device model; None when a
     live worker can (or the job is not waiting).
 
     Args:
-        bind: engine or session.
+        bind: engine, connection or session.
         job: the job row.
         live: the live workers (``LiveWorkers(within_seconds, max_age_seconds=0)``: read now).
     """
     if job.status not in (JobStatus.QUEUED.value, JobStatus.SEARCHING.value):
         return None
     device_type = job.device_type or job.device_request
-    with use_session(bind) as session:
-        workers = live.read(session)
+    if isinstance(bind, Connection):
+        workers = live.read(bind)
+    else:
+        with use_session(bind) as session:
+            workers = live.read(session)
     for worker in workers:
         if ((device_type is None or worker.device_type == device_type)
                 and job.latency_runtime in (worker.runtimes or ["torch"])

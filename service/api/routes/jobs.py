@@ -5,23 +5,28 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query, Response
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from service import jobs
 from service.api.deps import (
     CommittingRoute,
     CurrentTenant,
-    KeyTenantDep,
     LiveWorkersDep,
     SessionDep,
     SettingsDep,
     StudyReaderDep,
+    key_tenant,
     owned_job,
 )
 from service.api.schemas import ErrorPublic, JobCreate, JobPublic, JobsPublic
 from service.config import Settings
+from service.db import database_error
 from service.errors import DatabaseError
-from service.jobs import JobStatus, RemovedJob
+from service.jobs import JobStatus, LiveWorkers, RemovedJob
+from service.tenants import TenantIdentity
 from service.trials import StudyReader
 
 logger = logging.getLogger(__name__)
@@ -57,17 +62,28 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 
 
 @router.get("/{job_id}", responses=NOT_FOUND, response_model=JobPublic)
-def read_job(job_id: str, tenant: KeyTenantDep, session: SessionDep,
-             live: LiveWorkersDep) -> Response:
+async def read_job(job_id: str, request: Request) -> Response:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
-    # The route clients poll: the key is checked in the job's own query (read without ORM
-    # objects), and the JobPublic built here is serialised once, in this worker thread,
-    # instead of validated again and serialised on the event loop.
-    job = owned_job(session, job_id, tenant)
-    waiting = jobs.waiting_for(session, job, live)
-    return Response(JobPublic.from_row(job, waiting_for=waiting).model_dump_json(),
-                    media_type="application/json")
+    # The route clients poll, kept lean: no dependencies for FastAPI to solve and no ORM
+    # session; one worker-thread call reads the job on a pooled connection, with the key
+    # checked in the same statement (owned_job), and serialises the answer there once.
+    tenant = await key_tenant(request)
+    state = request.app.state
+    body = await run_in_threadpool(_job_body, state.read_engine, state.live_workers, job_id,
+                                   tenant)
+    return Response(body, media_type="application/json")
+
+
+def _job_body(engine: Engine, live: LiveWorkers, job_id: str, tenant: TenantIdentity) -> bytes:
+    """The job's ``JobPublic`` as JSON, if ``tenant`` owns it (``read_job``)."""
+    try:
+        with engine.connect() as connection:
+            job = owned_job(connection, job_id, tenant)
+            waiting = jobs.waiting_for(connection, job, live)
+            return JobPublic.from_row(job, waiting_for=waiting).model_dump_json().encode()
+    except SQLAlchemyError as error:
+        raise database_error(error) from error
 
 
 @router.post("/{job_id}/cancel", responses={
