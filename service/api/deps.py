@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -119,10 +118,9 @@ async def key_tenant(request: Request) -> TenantIdentity:
     return tenant
 
 
-def owned_job(bind: Connection | Session, job_id: str, tenant: TenantIdentity
-              ) -> Job | JobRead:
+def owned_job(connection: Connection, job_id: str, tenant: TenantIdentity) -> Job | JobRead:
     """The job, if ``tenant`` owns it; for a ``KeyTenant`` the key is checked in the same
-    statement (``service.jobs.get_job_for_key``, on ``bind``'s connection), and only a miss
+    statement (``service.jobs.get_job_for_key``, on ``connection``), and only a miss
     looks the key up alone, to answer 401 for a bad key and 404 for a job the key's tenant
     does not have.
 
@@ -131,25 +129,15 @@ def owned_job(bind: Connection | Session, job_id: str, tenant: TenantIdentity
         NotFoundError: no such job for this tenant (another tenant's: the same error).
     """
     if not isinstance(tenant, KeyTenant):
-        with _session_on(bind) as session:
+        with Session(bind=connection) as session:
             return get_job(session, job_id, tenant.id)
     assert tenant.key is not None
-    job = get_job_for_key(bind, job_id, tenant.key.key_hash)
+    job = get_job_for_key(connection, job_id, tenant.key.key_hash)
     if job is None:
-        with _session_on(bind) as session:
+        with Session(bind=connection) as session:
             tenant.resolve(session)
         raise NotFoundError(f"job {job_id} not found")
     return job
-
-
-@contextmanager
-def _session_on(bind: Connection | Session) -> Iterator[Session]:
-    """``bind`` itself, or a session on the connection ``bind`` (which it leaves open)."""
-    if isinstance(bind, Session):
-        yield bind
-    else:
-        with Session(bind=bind) as session:
-            yield session
 
 
 def resolve_tenant(tenant: TenantIdentity, session: Session | None) -> TenantIdentity:

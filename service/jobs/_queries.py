@@ -93,7 +93,7 @@ def get_job(bind: Engine | Session, job_id: str, tenant_id: int | None = None) -
     return job
 
 
-def get_job_for_key(bind: Connection | Session, job_id: str, key_hash: str) -> JobRead | None:
+def get_job_for_key(connection: Connection, job_id: str, key_hash: str) -> JobRead | None:
     """The job, if the tenant of the active API key hashed ``key_hash`` owns it; None when
     it does not, when there is no such job, or when the key is unknown or revoked (the
     caller tells those apart, on its rare path).
@@ -103,7 +103,6 @@ def get_job_for_key(bind: Connection | Session, job_id: str, key_hash: str) -> J
     """
     if not is_valid_id(job_id):
         return None
-    connection = bind.connection() if isinstance(bind, Session) else bind
     rows = connection.execute(_KEY_JOB, {"job_id": job_id, "key_hash": key_hash}).all()
     if not rows:
         return None

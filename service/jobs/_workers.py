@@ -107,13 +107,12 @@ class LiveWorkers:
         # reading at once both query, and either answer is right).
         self._read: tuple[float, list[Any]] | None = None
 
-    def read(self, bind: Connection | Session) -> list[Any]:
+    def read(self, connection: Connection) -> list[Any]:
         """Device type, device name and runtimes of every live worker."""
         now = time.monotonic()
         read = self._read
         if read is not None and now - read[0] < self.max_age_seconds:
             return read[1]
-        connection = bind.connection() if isinstance(bind, Session) else bind
         rows = list(connection.execute(
             *_live_capabilities(connection, self.within_seconds)).all())
         self._read = (now, rows)
@@ -138,7 +137,7 @@ def waiting_for(bind: Engine | Connection | Session, job: Job | JobRead,
         workers = live.read(bind)
     else:
         with use_session(bind) as session:
-            workers = live.read(session)
+            workers = live.read(session.connection())
     for worker in workers:
         if ((device_type is None or worker.device_type == device_type)
                 and job.latency_runtime in (worker.runtimes or ["torch"])
