@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -39,6 +40,10 @@ NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fal
                                  "operation_spans": False}
 # Room for the multipart boundaries and headers around the uploaded file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# Threads of the polled job read (``app.state.read_threads``): no more than the database
+# pool keeps open (5 on SQLite, 10 on PostgreSQL), so a burst of polls queues here, not
+# on the pool's timeout.
+READ_THREADS = 5
 
 
 def create_app_from_environment() -> FastAPI:
@@ -69,9 +74,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = create_engine_for(settings.database_url)
     study_reader = StudyReader(settings.optuna_url)
 
+    # asyncio's own hand-off to a plain executor costs the event loop about half of
+    # anyio's (Starlette's run_in_threadpool), which a GET /v1/jobs/{id} would pay per poll.
+    read_threads = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="topiary-read")
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        read_threads.shutdown(wait=True, cancel_futures=True)
         study_reader.close()
         engine.dispose()
 
@@ -83,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.read_engine = read_only_engine(engine)
+    app.state.read_threads = read_threads
     app.state.live_workers = LiveWorkers(within_seconds=2 * settings.lease_seconds)
     app.state.study_reader = study_reader
     app.state.metrics = Metrics()

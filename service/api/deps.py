@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from service.api.auth import KEY_HASH, TENANT, PresentedKey, presented_key
 from service.config import Settings
@@ -226,3 +227,28 @@ def _run_and_commit(endpoint: Callable[..., Any], kwargs: dict[str, Any]) -> Any
     finally:
         for session in sessions:
             close_session(session)  # rolls back what was not committed
+
+
+def serve_directly(router: APIRouter, endpoint: Callable[..., Awaitable[Response]]) -> None:
+    """Serve ``endpoint``'s route as plain ASGI: ``endpoint(request=..., **path_params)``
+    builds its own ``Response``.
+
+    FastAPI still matches the route and documents it from its signature and
+    ``response_model``, but solves no parameters, opens no exit stacks and validates
+    nothing per request: for the route clients poll, that machinery costs as much CPU
+    as the route's own work. Path parameters arrive as the path's strings; exceptions
+    reach the app's handlers (Starlette's ``ExceptionMiddleware``) as from any route.
+
+    Raises:
+        ValueError: ``endpoint`` is not the endpoint of one of ``router``'s routes.
+    """
+    routes = [route for route in router.routes
+              if isinstance(route, APIRoute) and route.endpoint is endpoint]
+    if len(routes) != 1:
+        raise ValueError(f"{endpoint.__name__} is not the endpoint of one route")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await endpoint(request=Request(scope, receive, send), **scope["path_params"])
+        await response(scope, receive, send)
+
+    routes[0].app = app

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 
 from service import jobs
 from service.api.deps import (
@@ -20,6 +20,7 @@ from service.api.deps import (
     StudyReaderDep,
     key_tenant,
     owned_job,
+    serve_directly,
 )
 from service.api.schemas import ErrorPublic, JobCreate, JobPublic, JobsPublic
 from service.config import Settings
@@ -65,14 +66,17 @@ def list_tenant_jobs(tenant: CurrentTenant, session: SessionDep,
 async def read_job(job_id: str, request: Request) -> Response:
     """Status, phase, progress, baseline and best metrics, every limit beside its delivered
     value, error; for a waiting job, what it waits for."""
-    # The route clients poll, kept lean: no dependencies for FastAPI to solve and no ORM
-    # session; one worker-thread call reads the job on a pooled connection, with the key
-    # checked in the same statement (owned_job), and serialises the answer there once.
+    # The route clients poll, kept lean: served as plain ASGI (serve_directly, below) with
+    # no ORM session; one worker-thread call reads the job on a pooled connection, with
+    # the key checked in the same statement (owned_job), and serialises the answer there.
     tenant = await key_tenant(request)
     state = request.app.state
-    body = await run_in_threadpool(_job_body, state.read_engine, state.live_workers, job_id,
-                                   tenant)
+    body = await asyncio.get_running_loop().run_in_executor(
+        state.read_threads, _job_body, state.read_engine, state.live_workers, job_id, tenant)
     return Response(body, media_type="application/json")
+
+
+serve_directly(router, read_job)
 
 
 def _job_body(engine: Engine, live: LiveWorkers, job_id: str, tenant: TenantIdentity) -> bytes:
