@@ -5,7 +5,8 @@ the prepared baseline, the final fine-tune; every fine-tune optimiser step count
 A search row is a job's PREPARING (warm-start plans enqueued), SEARCHING
 (``run_trials`` with the real ``Objective``: multi-fidelity probe screen reported to
 Optuna's SuccessiveHalvingPruner, short fine-tunes for the plans it promotes) and
-FINALIZING (``search.rerank`` as ``workers/reranking.py`` runs it, then
+FINALIZING (``search.rerank`` as ``workers/reranking.py`` runs it: with a latency
+limit only plans whose networks pass the final timing are re-ranked; then
 ``search_result`` and ``Delivery`` over ``feasible_ranked`` as ``workers/finalize.py``
 picks the plan, its network re-timed side by side by ``FinalTimer``, and the final
 fine-tune with distillation from the unpruned network). Only the ONNX export and the
@@ -21,7 +22,6 @@ will spend.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import tempfile
@@ -42,8 +42,7 @@ from models import build_model
 from models.checkpoints import load_weights, save_weights
 from models.datasets import DataSplits, load_dataset
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
-from models.measure import measure_model
-from models.plan import PrunePlan, apply_plan, prunable_groups, removable_blocks
+from models.plan import PrunePlan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
 from search.costs import LatencyCache
 from search.delivery import Delivery, feasible_ranked
@@ -292,6 +291,9 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
     trial_budget = profile.search_steps - profile.rerank_steps(spec)
     curve: list[tuple[int, float | None]] = []  # (steps so far, best short-fidelity val)
     objective = Objective(context)
+    scratch = tempfile.TemporaryDirectory(dir=folder)
+    timer = FinalTimer(spec, setup.model, setup.splits.input_shape, device,
+                       float(setup.baseline["latency_ms"]), Path(scratch.name))
     with StepMeter() as meter:
 
         def after_trial(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
@@ -301,34 +303,29 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
         run_trials(study, objective, spec, on_trial=after_trial,
                    should_stop=lambda: meter.steps + profile.trial_steps > trial_budget)
         trial_steps = meter.steps
-        rerank(study, objective)  # FINALIZING starts with it (workers/reranking.py)
+        # FINALIZING starts with it (workers/reranking.py)
+        reranked = rerank(study, objective, timer)
         rerank_steps = meter.steps - trial_steps
     outcome: dict[str, Any] = {
         "row": row, "target": target, "seed": seed, "trial_steps": trial_steps,
         "rerank_steps": rerank_steps, "final_steps": 0, "curve": curve,
+        "rerank_skipped": {str(number): missed for number, missed in reranked.skipped.items()},
         "trials": [_trial_log(t, setup.baseline) for t in study.get_trials(deepcopy=False)
                    if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]}
     result = search_result(study, spec, setup.baseline)
     if not result.feasible or result.best is None:
         log(f"{row} {TARGETS[target][0]} seed {seed}: {result.message}")
+        scratch.cleanup()
         return {**outcome, "test": None, "message": result.message,
                 "seconds": time.perf_counter() - started}
     best = result.best
     delivery = Delivery(spec, setup.baseline, [best, *(
         t for t in feasible_ranked(study) if t.number != best.number)], space=space)
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        timer = FinalTimer(spec, setup.model, setup.splits.input_shape, device,
-                           float(setup.baseline["latency_ms"]), Path(scratch))
+    with scratch:
         while (trial := delivery.next_plan()) is not None:
-            model = apply_plan(copy.deepcopy(setup.model), PrunePlan.from_dict(trial.plan),
-                               setup.splits.example_input().to(device))
-            costs = measure_model(model, setup.splits.input_shape, device=device,
-                                  batch_size=spec.latency.batch_size, warmup=0,
-                                  runs=1).to_dict()
-            costs["flops"] = costs["macs"]
-            timed = timer.network(model, lambda latency, c=costs: bool(
-                delivery.missed({**c, **latency})))
-            record = {**costs, **timed}
+            model, _, record = timer.plan(PrunePlan.from_dict(trial.plan),
+                                          setup.splits.example_input().to(device),
+                                          delivery.missed)
             if delivery.judge(trial, record, "architecture"):
                 break
         else:

@@ -19,7 +19,8 @@ baseline's FLOPs and 50% of its CPU latency (``max_flops_ratio``,
       feasible plan screened by the adaptive-BatchNorm probe, reported to Optuna's
       SuccessiveHalvingPruner, short fine-tunes (``trial_steps``) for the plans it
       promotes, the best re-ranked by a longer fine-tune with two seeds (3 at 3x the
-      trial fine-tune; cpu-lean 2 at 2x) (as
+      trial fine-tune; cpu-lean 2 at 2x; with a latency limit only plans whose
+      networks pass the final timing) (as
       ``workers/reranking.py`` at FINALIZING), the plan a job finalises
       (``search_result``, ``Delivery`` over ``feasible_ranked``, re-timed) fine-tuned;
   (a-attn), (a-pls): (a) warm-started from attention alone, from PLS alone;

@@ -14,23 +14,27 @@ takes the larger of the median ratio and the ratio of the fastest passes
 
 from __future__ import annotations
 
+import copy
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from core.spec import JobSpec
 from models.export import export_onnx
 from models.latency import LatencyResult
+from models.measure import measure_model
+from models.plan import PrunePlan, apply_plan
 from models.runtimes import SideBySide
 from search.costs import LatencyTimer
 from search.objective import latency_timer
 
 __all__ = ["FINAL_RUNS", "MAX_ROUNDS", "MIN_ROUNDS", "STABLE_SPREAD", "Comparison",
-           "FinalTimer", "FinalTiming", "stable_timing"]
+           "FinalTimer", "FinalTiming", "TimedPlan", "stable_timing"]
 
 #: Timed passes of each network per round of the final timing (at least; latency.runs if more).
 FINAL_RUNS = 20
@@ -124,6 +128,15 @@ def stable_timing(compare: Comparison, runs: int, earlier: FinalTiming | None = 
         fastest_ratio=statistics.median(fastest) if len(fastest) == len(rounds) else None)
 
 
+class TimedPlan(NamedTuple):
+    """A plan's pruned network (``FinalTimer.plan``), its counted costs (one pass) and its
+    record: those costs with the final timing's latency fields over them."""
+
+    model: nn.Module
+    costs: dict[str, Any]
+    record: dict[str, Any]
+
+
 class FinalTimer:
     """Times what may be delivered side by side with the unpruned network, in the job's
     runtime, until the ratio is stable (``stable_timing``): a plan's network before its
@@ -155,6 +168,31 @@ class FinalTimer:
     def exported(self) -> bool:
         """Whether the delivered file itself is timed (an exported runtime on this worker)."""
         return self.spec.latency.runtime != "torch" and self.spec.latency.target is None
+
+    def plan(self, plan: PrunePlan, example: torch.Tensor,
+             missed: Callable[[dict[str, Any]], Mapping[str, float]],
+             importance_factory: Callable[[nn.Module], Any] | None = None) -> TimedPlan:
+        """``plan``'s network, pruned from a copy of the unpruned one, and its record as
+        delivery judges it: the counted costs of one pass, the latency of the final timing
+        (``network``; timed on when ``missed``, given the whole record, names a limit).
+
+        Args:
+            plan: the plan.
+            example: an input batch for pruning (on the timer's device).
+            missed: the limits a record misses (``search.delivery.Delivery.missed``).
+            importance_factory: builds, for the copy, what ranks the channels a group
+                loses (``SearchContext.importance_factory``; None: L1 magnitude).
+        """
+        model = copy.deepcopy(self.reference)
+        apply_plan(model, plan, example,
+                   importance=importance_factory(model) if importance_factory else None)
+        # measure_model() contributes everything but latency, so it times a single pass.
+        costs = measure_model(model, self.input_shape, device=self.device,
+                              batch_size=self.spec.latency.batch_size, warmup=0, runs=1,
+                              threads=self.spec.latency.threads).to_dict()
+        costs["flops"] = costs["macs"]
+        latency = self.network(model, lambda timed: bool(missed({**costs, **timed})))
+        return TimedPlan(model, costs, {**costs, **latency})
 
     def network(self, network: nn.Module, misses: Callable[[dict[str, Any]], bool]
                 ) -> dict[str, Any]:

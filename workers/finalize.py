@@ -16,7 +16,6 @@ recorded with their sha256 in the transaction that makes the job succeed.
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 
 from models.checkpoints import sha256_file
 from models.export import export_onnx, export_program, export_torchscript, save_pruned
-from models.measure import measure_model
-from models.plan import PrunePlan, apply_plan
+from models.plan import PrunePlan
 from models.train import evaluate, fine_tune
 from search.delivery import Delivery, feasible_ranked
 from search.final_timing import FinalTimer
@@ -80,23 +78,12 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     when both timings meet the limits (True), else log the miss (False)."""
     spec, device = run.spec, runtime.device.name
     plan = PrunePlan.from_dict(trial.plan)
-    model = copy.deepcopy(context.model)
-    importance = context.importance_factory(model) if context.importance_factory else None
-    apply_plan(model, plan, context.example_input().to(device), importance=importance)
     where = f"in {spec.latency.runtime} on {runtime.device.description}"
     which = f"{'the narrowed plan' if delivery.is_narrowed(trial) else 'the plan'} of trial " \
             f"{trial.number}"
     runtime.phase(run, f"timing {which} {where}")
-    # measure_model() contributes everything but latency, so it times a single pass.
-    costs = measure_model(model, context.splits.input_shape, device=device,
-                          batch_size=spec.latency.batch_size, warmup=0, runs=1,
-                          threads=spec.latency.threads).to_dict()
-    costs["flops"] = costs["macs"]
-
-    def misses(latency: dict[str, Any]) -> bool:
-        return bool(delivery.missed({**costs, **latency}))
-
-    record = {**costs, **timer.network(model, misses)}
+    model, costs, record = timer.plan(plan, context.example_input().to(device), delivery.missed,
+                                      importance_factory=context.importance_factory)
     if not delivery.judge(trial, record, "architecture"):
         _report_miss(runtime, run, delivery, "its network")
         return False
@@ -117,7 +104,9 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     export_onnx(model, run.files.checkpoint("onnx"), context.splits.input_shape,
                 preprocessing=preprocessing)
     runtime.phase(run, f"timing the delivered model {where}")
-    record = {**costs, **timer.delivered(model, run.files.checkpoint("onnx"), misses)}
+    record = {**costs, **timer.delivered(
+        model, run.files.checkpoint("onnx"),
+        lambda latency: bool(delivery.missed({**costs, **latency})))}
     if not delivery.judge(trial, record, "artifact"):
         _report_miss(runtime, run, delivery, "the delivered model")
         return False

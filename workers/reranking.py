@@ -3,14 +3,20 @@
 ``search.rerank`` fine-tunes the best plans longer with two seeds and adds each
 result to the study. It runs at the start of FINALIZING, so a worker that takes
 over a finalising job whose worker died re-ranks what is left (a plan already
-re-ranked is not re-ranked again) before the best re-rank is finalised.
+re-ranked is not re-ranked again) before the best re-rank is finalised. With a
+latency limit, each candidate's network is first timed as delivery will time it
+(``search.final_timing``): a plan that would fail delivery is not re-ranked.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import optuna
 
 from core.trial import HEADLINE_FIELDS, TrialRecord
+from search.final_timing import FinalTimer
 from search.objective import Objective, SearchContext
 from search.rerank import RERANK_SEEDS, rerank
 from workers.runtime import JobRun, WorkerRuntime
@@ -24,7 +30,18 @@ def rerank_best(runtime: WorkerRuntime, run: JobRun, study: optuna.Study,
         return
     runtime.phase(run, f"re-ranking the {fidelity.rerank} best plans: {fidelity.rerank_factor:g}"
                        f" times the trial fine-tune, {RERANK_SEEDS} seeds")
-    for number in rerank(study, Objective(context)):
+    with tempfile.TemporaryDirectory(prefix="topiary-rerank-") as scratch:
+        timer = FinalTimer(run.spec, context.model, context.splits.input_shape,
+                           runtime.device.name, float(context.baseline["latency_ms"]),
+                           Path(scratch))
+        outcome = rerank(study, Objective(context), timer)
+    for number, missed in outcome.skipped.items():
+        runtime.event(run, "trial", f"trial {number}'s plan is not re-ranked: its network "
+                      "misses " + ", ".join(f"{name} by {value:.1%}"
+                                            for name, value in missed.items())
+                      + " when timed as the delivered model will be",
+                      {"number": number, "skipped": "final timing", "missed": missed})
+    for number in outcome.added:
         record = TrialRecord.from_trial(study.trials[number])
         runtime.event(run, "trial", f"trial {number} re-ranks trial {record.rerank_of}: "
                       f"accuracy {record.accuracy or 0:.3f} "

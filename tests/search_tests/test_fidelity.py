@@ -8,6 +8,7 @@ import statistics
 from typing import Any
 
 import pytest
+import torch
 from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
 from pydantic import ValidationError
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from core.spec import JobSpec
 from core.trial import TrialRecord, plan_key
 from models.plan import PrunePlan
+from search.final_timing import FinalTimer
 from search.objective import PROBE_STEP, Objective
 from search.rerank import RERANK_SEEDS, rerank
 from search.result import search_result
@@ -54,8 +56,8 @@ def test_a_multi_fidelity_search_screens_fine_tunes_the_best_and_re_ranks_them(
         assert sorted(trial.intermediate_values) == [PROBE_STEP, PROBE_STEP + 1]
         assert trial.intermediate_values[PROBE_STEP] == pytest.approx(record.accuracy_probe)
 
-    added = rerank(study, objective)
-    assert len(added) == 2 and rerank(study, objective) == []  # done once, not repeated
+    added = rerank(study, objective).added
+    assert len(added) == 2 and rerank(study, objective).added == []  # done once, not repeated
     best_short = sorted(tuned, key=lambda t: (-t.values[0], t.number))[:2]
     long = [TrialRecord.from_trial(study.trials[number]) for number in added]
     assert [record.rerank_of for record in long] == [t.number for t in best_short]
@@ -115,7 +117,76 @@ def test_a_plan_measured_twice_is_re_ranked_once(tmp_path, baseline, baseline_me
     assert repeat.user_attrs["duplicate_of"] == 0
 
     # Three re-rank places, two plans: each plan once.
-    added = rerank(study, objective)
+    added = rerank(study, objective).added
     plans = [plan_key(study.trials[number].user_attrs["plan"]) for number in added]
     assert plan_key(first.user_attrs["plan"]) in plans
     assert len(plans) == len(set(plans))
+
+
+class ScriptedFinalTimer(FinalTimer):
+    """The final timing's verdicts from a script, one ratio of the baseline per network
+    timed, in order (this machine's noise would make which plan misses a matter of luck)."""
+
+    def __init__(self, ratios: list[float], *args: Any) -> None:
+        super().__init__(*args)
+        self.ratios = ratios
+
+    def network(self, network: torch.nn.Module, misses: Any) -> dict[str, Any]:
+        ratio = self.ratios.pop(0)
+        return {"latency_ms": ratio * self.baseline_latency_ms, "latency_ratio": ratio,
+                "latency_p90_ms": ratio * self.baseline_latency_ms, "latency_retimed": False,
+                "latency_runtime": "torch"}
+
+
+def test_a_plan_that_would_fail_the_final_timing_is_not_re_ranked_and_the_next_takes_its_place(
+        tmp_path, baseline, baseline_metrics) -> None:
+    # Trials' one short timing against a loose limit: every plan passes it.
+    spec = make_spec(objective={"constraints": {"max_latency_ratio": 0.98}},
+                     search={"n_trials": 3, "fidelity": {**MULTI, "rerank": 2}})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    for ratio in (0.4, 0.55, 0.7):
+        study.enqueue_trial(context.space.params_for(
+            {g.name: g.keep_for_ratio(ratio) for g in context.space.groups}, []))
+    objective = Objective(context)
+    run_trials(study, objective, spec)
+    tuned = [t for t in study.trials if t.state == TrialState.COMPLETE
+             and TrialRecord.from_trial(t).feasible]
+    assert len(tuned) == 3, [(t.state, t.constraints) for t in study.trials]
+    best_first = [t.number for t in sorted(tuned, key=lambda t: (-t.values[0], t.number))]
+
+    # As delivery will time them: the best plan misses, the next two pass.
+    timer = ScriptedFinalTimer([0.99, 0.4, 0.45], spec, baseline.model,
+                               baseline.splits.input_shape, "cpu",
+                               float(baseline_metrics["latency_ms"]), tmp_path)
+    outcome = rerank(study, objective, timer)
+    assert timer.ratios == []
+    assert list(outcome.skipped) == [best_first[0]]
+    assert outcome.skipped[best_first[0]]["max_latency_ratio"] == pytest.approx(0.99 / 0.98 - 1)
+    long = [TrialRecord.from_trial(study.trials[number]) for number in outcome.added]
+    assert [record.rerank_of for record in long] == best_first[1:]
+    for record, ratio in zip(long, [0.4, 0.45], strict=True):  # the final timing's latency
+        assert record.latency_ratio == pytest.approx(ratio)
+        assert record.latency_ms == pytest.approx(ratio * baseline_metrics["latency_ms"])
+        assert record.violations == {"max_latency_ratio": pytest.approx(ratio / 0.98 - 1)}
+    result = search_result(study, spec)
+    assert result.best is not None and result.best.number in outcome.added
+
+    # A worker that takes over re-times the skipped plan, and re-ranks nothing twice.
+    again = ScriptedFinalTimer([0.99], spec, baseline.model, baseline.splits.input_shape,
+                               "cpu", float(baseline_metrics["latency_ms"]), tmp_path)
+    assert rerank(study, objective, again).added == [] and again.ratios == []
+
+
+def test_without_a_latency_limit_the_re_rank_times_nothing(tmp_path, baseline,
+                                                           baseline_metrics) -> None:
+    spec = make_spec(search={"n_trials": 2, "fidelity": {**MULTI, "rerank": 1}})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    study.enqueue_trial(context.space.params_for({g.name: 4 for g in context.space.groups}, []))
+    objective = Objective(context)
+    run_trials(study, objective, spec)
+    timer = ScriptedFinalTimer([], spec, baseline.model, baseline.splits.input_shape, "cpu",
+                               float(baseline_metrics["latency_ms"]), tmp_path)
+    outcome = rerank(study, objective, timer)  # an empty script fails if it is asked
+    assert len(outcome.added) == 1 and outcome.skipped == {}
