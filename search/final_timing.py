@@ -9,7 +9,11 @@ network's time, a ratio of two can come out too low on a busy machine as well as
 high (the longer passes are interrupted more often), so the faster of two timings is
 no safer a verdict for the model a user is promised. For the same reason the verdict
 takes the larger of the median ratio and the ratio of the fastest passes
-(``FinalTiming.verdict_ratio``).
+(``FinalTiming.verdict_ratio``). A network whose architecture this timer timed before
+(the re-rank times each candidate, delivery times the chosen one again, and in eager
+PyTorch the delivered model once more) goes on from those rounds, judged on all of them:
+one more short series of a plan near its limit is another coin to toss, not a truer
+verdict.
 """
 
 from __future__ import annotations
@@ -163,6 +167,8 @@ class FinalTimer:
         self.timer: LatencyTimer = latency_timer(spec, reference, input_shape, device,
                                                  baseline_latency_ms)
         self._deployed: SideBySide | None = None
+        # Architecture fingerprint -> its timing so far (``network(..., architecture=)``).
+        self._timed: dict[str, FinalTiming] = {}
 
     @property
     def exported(self) -> bool:
@@ -191,25 +197,38 @@ class FinalTimer:
                               batch_size=self.spec.latency.batch_size, warmup=0, runs=1,
                               threads=self.spec.latency.threads).to_dict()
         costs["flops"] = costs["macs"]
-        latency = self.network(model, lambda timed: bool(missed({**costs, **timed})))
+        latency = self.network(model, lambda timed: bool(missed({**costs, **timed})),
+                               architecture=plan.fingerprint())
         return TimedPlan(model, costs, {**costs, **latency})
 
-    def network(self, network: nn.Module, misses: Callable[[dict[str, Any]], bool]
-                ) -> dict[str, Any]:
-        """A pruned network's latency fields, exported as trials export theirs."""
+    def network(self, network: nn.Module, misses: Callable[[dict[str, Any]], bool],
+                architecture: str | None = None) -> dict[str, Any]:
+        """A pruned network's latency fields, exported as trials export theirs.
+
+        Args:
+            network: the pruned network.
+            misses: whether latency fields put the network over a limit (then it is timed
+                for more rounds).
+            architecture: its plan's fingerprint (``PrunePlan.fingerprint``): when this
+                timer timed the architecture before, the timing goes on from those rounds.
+        """
         if self.timer.target is not None:
-            return self._settled(lambda runs: self.timer.compare(network, runs=runs), misses)
+            return self._settled(lambda runs: self.timer.compare(network, runs=runs), misses,
+                                 architecture)
         side = self.timer.side_by_side()
         loaded = side.load(network)
-        return self._settled(lambda runs: side.compare(loaded, self.timer.warmup, runs), misses)
+        return self._settled(lambda runs: side.compare(loaded, self.timer.warmup, runs), misses,
+                             architecture)
 
     def delivered(self, model: nn.Module, onnx_path: Path,
-                  misses: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+                  misses: Callable[[dict[str, Any]], bool],
+                  architecture: str | None = None) -> dict[str, Any]:
         """The delivered model's latency fields: its ONNX file (``onnx_path``, the download)
         against the unpruned network exported the same way (``models.export.export_onnx``),
-        in ONNX Runtime or OpenVINO; in eager PyTorch or on an agent, the model itself."""
+        in ONNX Runtime or OpenVINO; in eager PyTorch or on an agent, the model itself (going
+        on from the rounds of its ``architecture``, as ``network``)."""
         if not self.exported:
-            return {**self.network(model, misses), "latency_timed": "model"}
+            return {**self.network(model, misses, architecture), "latency_timed": "model"}
         if self._deployed is None:
             path = self.scratch / "unpruned.onnx"
             export_onnx(self.reference, path, self.input_shape)
@@ -221,13 +240,19 @@ class FinalTimer:
         timed = self._settled(lambda runs: side.compare(loaded, self.timer.warmup, runs), misses)
         return {**timed, "latency_timed": "onnx file"}
 
-    def _settled(self, compare: Comparison, misses: Callable[[dict[str, Any]], bool]
-                 ) -> dict[str, Any]:
-        timing = stable_timing(compare, self.runs)
+    def timing(self, architecture: str) -> FinalTiming | None:
+        """Every round this timer ran of ``architecture`` (a plan's fingerprint) so far."""
+        return self._timed.get(architecture)
+
+    def _settled(self, compare: Comparison, misses: Callable[[dict[str, Any]], bool],
+                 architecture: str | None = None) -> dict[str, Any]:
+        timing = stable_timing(compare, self.runs, earlier=self._timed.get(architecture or ""))
         retimed = misses(timing.record(self.baseline_latency_ms))
         if retimed:
             # Timed again and judged on every round together, not the faster timing: on a
             # loaded machine a ratio can come out too low as well as too high.
             timing = stable_timing(compare, self.runs, earlier=timing)
+        if architecture is not None:
+            self._timed[architecture] = timing
         return {**timing.record(self.baseline_latency_ms), "latency_retimed": retimed,
                 "latency_runtime": self.timer.runtime}

@@ -27,6 +27,7 @@ from models.plan import PrunePlan
 from models.train import evaluate, fine_tune
 from search.delivery import Delivery, feasible_ranked
 from search.final_timing import FinalTimer
+from search.objective import SearchContext
 from search.result import FinishedTrial, search_result
 from search.storage import open_storage
 from search.study import open_study, study_name_for
@@ -46,30 +47,37 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
     when no plan tried meets its limits in the final timing (``search.delivery``)."""
     spec, job = run.spec, run.job
     study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(job.id), spec)
-    context = None
-    if spec.search.fidelity.mode == "multi":  # the best plans re-ranked first
-        context = search_context(runtime, run)
-        rerank_best(runtime, run, study, context)
-    # The baseline's metrics: what the ratios of a pareto job's pick.limit are of.
-    result = search_result(study, spec, get_job(runtime.engine, job.id).baseline)
-    if not result.feasible or result.best is None:
-        fail_job(runtime.engine, job.id, NO_FEASIBLE_PLAN,
-                 result.message + "; loosen the constraints or allow more trials",
-                 worker_id=runtime.worker_id)
-        return
-    runtime.event(run, "result", result.message, {"trial": result.best.number})
-    context = context or search_context(runtime, run)
-    best = result.best
-    delivery = Delivery(spec, context.baseline, [best, *(
-        trial for trial in feasible_ranked(study) if trial.number != best.number)],
-        space=context.space)
     with tempfile.TemporaryDirectory(prefix="topiary-final-") as scratch:
-        timer = FinalTimer(spec, context.model, context.splits.input_shape, runtime.device.name,
-                           float(context.baseline["latency_ms"]), Path(scratch))
+        # One timer for the re-rank and delivery: an architecture timed twice is judged on
+        # every round of both (search.final_timing).
+        context, timer = None, None
+        if spec.search.fidelity.mode == "multi":  # the best plans re-ranked first
+            context = search_context(runtime, run)
+            timer = _final_timer(runtime, context, Path(scratch))
+            rerank_best(runtime, run, study, context, timer)
+        # The baseline's metrics: what the ratios of a pareto job's pick.limit are of.
+        result = search_result(study, spec, get_job(runtime.engine, job.id).baseline)
+        if not result.feasible or result.best is None:
+            fail_job(runtime.engine, job.id, NO_FEASIBLE_PLAN,
+                     result.message + "; loosen the constraints or allow more trials",
+                     worker_id=runtime.worker_id)
+            return
+        runtime.event(run, "result", result.message, {"trial": result.best.number})
+        context = context or search_context(runtime, run)
+        timer = timer or _final_timer(runtime, context, Path(scratch))
+        best = result.best
+        delivery = Delivery(spec, context.baseline, [best, *(
+            trial for trial in feasible_ranked(study) if trial.number != best.number)],
+            space=context.space)
         while (trial := delivery.next_plan()) is not None:
             if _deliver(runtime, run, context, delivery, timer, trial):
                 return
     _fail_with_miss(runtime, run, delivery)
+
+
+def _final_timer(runtime: WorkerRuntime, context: SearchContext, scratch: Path) -> FinalTimer:
+    return FinalTimer(context.spec, context.model, context.splits.input_shape,
+                      runtime.device.name, float(context.baseline["latency_ms"]), scratch)
 
 
 def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delivery,
@@ -106,7 +114,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     runtime.phase(run, f"timing the delivered model {where}")
     record = {**costs, **timer.delivered(
         model, run.files.checkpoint("onnx"),
-        lambda latency: bool(delivery.missed({**costs, **latency})))}
+        lambda latency: bool(delivery.missed({**costs, **latency})), plan.fingerprint())}
     if not delivery.judge(trial, record, "artifact"):
         _report_miss(runtime, run, delivery, "the delivered model")
         return False

@@ -10,9 +10,6 @@ latency limit, each candidate's network is first timed as delivery will time it
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import optuna
 
 from core.trial import HEADLINE_FIELDS, TrialRecord
@@ -23,18 +20,15 @@ from workers.runtime import JobRun, WorkerRuntime
 
 
 def rerank_best(runtime: WorkerRuntime, run: JobRun, study: optuna.Study,
-                context: SearchContext) -> None:
-    """Re-rank the job's best plans when its search is multi-fidelity, logging each."""
+                context: SearchContext, timer: FinalTimer) -> None:
+    """Re-rank the job's best plans when its search is multi-fidelity, logging each;
+    ``timer`` is the final timing delivery will use."""
     fidelity = run.spec.search.fidelity
     if fidelity.mode != "multi" or not fidelity.rerank:
         return
     runtime.phase(run, f"re-ranking the {fidelity.rerank} best plans: {fidelity.rerank_factor:g}"
                        f" times the trial fine-tune, {RERANK_SEEDS} seeds")
-    with tempfile.TemporaryDirectory(prefix="topiary-rerank-") as scratch:
-        timer = FinalTimer(run.spec, context.model, context.splits.input_shape,
-                           runtime.device.name, float(context.baseline["latency_ms"]),
-                           Path(scratch))
-        outcome = rerank(study, Objective(context), timer)
+    outcome = rerank(study, Objective(context), timer)
     for number, missed in outcome.skipped.items():
         runtime.event(run, "trial", f"trial {number}'s plan is not re-ranked: its network "
                       "misses " + ", ".join(f"{name} by {value:.1%}"

@@ -13,7 +13,7 @@ from models.architectures import build_model
 from models.latency import LatencyResult
 from models.plan import PrunePlan, removable_blocks
 from search.delivery import MAX_FALLBACKS, MAX_NARROWINGS, Delivery, feasible_ranked
-from search.final_timing import MAX_ROUNDS, MIN_ROUNDS, stable_timing
+from search.final_timing import MAX_ROUNDS, MIN_ROUNDS, FinalTimer, stable_timing
 from search.result import FinishedTrial
 from search.space import SearchSpace
 from tests.search_tests.conftest import make_spec, study_of
@@ -195,3 +195,36 @@ def test_the_ranked_plans_hold_each_plan_once_at_its_best_trial(tmp_path) -> Non
                      finished({"keep": {"conv1": 8}}, 0.90))
     ranked = feasible_ranked(study)
     assert [(trial.number, trial.plan) for trial in ranked] == [(2, wide), (1, narrow)]
+
+
+def test_an_architecture_timed_again_goes_on_from_its_earlier_rounds(
+        tmp_path, baseline, baseline_metrics) -> None:
+    """The re-rank, delivery and (in eager PyTorch) the delivered model time one
+    architecture up to three times: each goes on from the rounds before, judged on all."""
+    spec = make_spec()
+    timer = FinalTimer(spec, baseline.model, baseline.splits.input_shape, "cpu",
+                       float(baseline_metrics["latency_ms"]), tmp_path)
+    example = baseline.splits.example_input()
+    space = SearchSpace.from_spec(prunable_groups(baseline.model, example),
+                                  removable_blocks(baseline.model, example), spec.search)
+    half, quarter = (space.to_plan({g.name: g.keep_for_ratio(ratio) for g in space.groups}, [])
+                     for ratio in (0.5, 0.25))
+
+    def never(record: dict) -> dict:
+        return {}
+
+    first = timer.plan(half, example, never).record["latency_runs"]
+    assert MIN_ROUNDS * timer.runs <= first <= MAX_ROUNDS * timer.runs
+    earlier = timer.timing(half.fingerprint())
+    assert earlier is not None and earlier.runs == first
+    again = timer.plan(half, example, never).record["latency_runs"]
+    pooled = timer.timing(half.fingerprint())
+    assert pooled is not None and pooled.timings[:earlier.rounds] == earlier.timings
+    assert again == pooled.runs >= first + MIN_ROUNDS * timer.runs
+    delivered = timer.delivered(timer.plan(half, example, never).model, tmp_path / "x.onnx",
+                                lambda latency: False, half.fingerprint())
+    assert delivered["latency_timed"] == "model"
+    assert delivered["latency_runs"] >= again + MIN_ROUNDS * timer.runs
+    other = timer.plan(quarter, example, never).record["latency_runs"]
+    assert other <= MAX_ROUNDS * timer.runs  # another architecture starts afresh
+    assert timer.timing(quarter.fingerprint()).runs == other  # type: ignore[union-attr]

@@ -131,7 +131,8 @@ class ScriptedFinalTimer(FinalTimer):
         super().__init__(*args)
         self.ratios = ratios
 
-    def network(self, network: torch.nn.Module, misses: Any) -> dict[str, Any]:
+    def network(self, network: torch.nn.Module, misses: Any,
+                architecture: str | None = None) -> dict[str, Any]:
         ratio = self.ratios.pop(0)
         return {"latency_ms": ratio * self.baseline_latency_ms, "latency_ratio": ratio,
                 "latency_p90_ms": ratio * self.baseline_latency_ms, "latency_retimed": False,
