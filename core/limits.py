@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from core.spec import Constraints
 
 __all__ = ["LIMIT_METRICS", "Limit", "LimitStanding", "active_limits", "limit_standings",
-           "violations"]
+           "missed_limits", "violations"]
 
 #: constraint field -> (metric key in a trial's record, is it a ratio of the baseline?)
 LIMIT_METRICS: dict[str, tuple[str, bool]] = {
@@ -67,6 +67,11 @@ def active_limits(constraints: Constraints, baseline: Mapping[str, Any]) -> list
 def violations(limits: list[Limit], metrics: Mapping[str, Any]) -> dict[str, float]:
     """Constraint name -> violation (<= 0 when met)."""
     return {limit.name: limit.violation(metrics) for limit in limits}
+
+
+def missed_limits(limits: list[Limit], metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The limits ``metrics`` misses: name -> ``value / limit - 1`` (> 0)."""
+    return {name: value for name, value in violations(limits, metrics).items() if value > 0}
 
 
 class LimitStanding(BaseModel):

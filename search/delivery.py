@@ -18,7 +18,7 @@ from typing import Any
 
 import optuna
 
-from core.limits import Limit, active_limits, limit_standings, violations
+from core.limits import Limit, active_limits, limit_standings, missed_limits
 from core.spec import JobSpec
 from models.plan import PrunePlan
 from search.fitting import MEASURED_MARGIN
@@ -152,8 +152,7 @@ class Delivery:
 
     def missed(self, record: Mapping[str, Any]) -> dict[str, float]:
         """The limits ``record`` misses: name -> ``value / limit - 1`` (> 0)."""
-        return {name: value for name, value in violations(self.limits, record).items()
-                if value > 0}
+        return missed_limits(self.limits, record)
 
     def judge(self, trial: FinishedTrial, record: dict[str, Any], stage: str) -> bool:
         """Record what the final timing of ``trial``'s plan found; True when it meets every

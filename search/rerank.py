@@ -22,6 +22,7 @@ records the final timing's latency instead of its source's.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState, create_trial
 
-from core.limits import Limit, active_limits, violations
+from core.limits import Limit, active_limits, missed_limits, violations
 from core.trial import TrialRecord, plan_key
 from models.plan import PrunePlan
 from search.final_timing import FinalTimer
@@ -106,8 +107,7 @@ def rerank(study: optuna.Study, objective: Objective, timer: FinalTimer | None =
         timed: dict[str, Any] = {}
         if timer is not None:
             timed = _final_latency(timer, objective, plan, limits)
-            missed = {name: value for name, value in violations(limits, {
-                **source.record.model_dump(), **timed}).items() if value > 0}
+            missed = missed_limits(limits, {**source.record.model_dump(), **timed})
             if missed:
                 outcome.skipped[source.number] = missed
                 places += 1  # the next best plan takes its place
@@ -141,10 +141,7 @@ def _final_latency(timer: FinalTimer, objective: Objective, plan: PrunePlan,
                    limits: list[Limit]) -> dict[str, Any]:
     """``plan``'s latency fields as delivery will time its network (``FinalTimer.plan``)."""
     context = objective.context
-
-    def missed(record: dict[str, Any]) -> dict[str, float]:
-        return {name: value for name, value in violations(limits, record).items() if value > 0}
-
-    timed = timer.plan(plan, context.example_input().to(context.device), missed,
+    timed = timer.plan(plan, context.example_input().to(context.device),
+                       functools.partial(missed_limits, limits),
                        importance_factory=context.importance_factory)
     return {name: timed.record[name] for name in _LATENCY_FIELDS if name in timed.record}
