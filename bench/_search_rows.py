@@ -9,7 +9,8 @@ FINALIZING (``search.rerank`` as ``workers/reranking.py`` runs it: with a latenc
 limit only plans whose networks pass the final timing are re-ranked; then
 ``search_result`` and ``Delivery`` over ``feasible_ranked`` as ``workers/finalize.py``
 picks the plan, its network re-timed side by side by ``FinalTimer``, and the final
-fine-tune with distillation from the unpruned network). Only the ONNX export and the
+fine-tune with distillation from the unpruned network, going on from the re-rank's
+weights of the plan when it has them, ``search.rerank_weights``). Only the ONNX export and the
 file's timing are left out (the runtime is eager PyTorch: the delivered file is the
 network already timed).
 
@@ -37,7 +38,7 @@ from torch import nn
 
 import search.objective as objective_module
 from core.spec import JobSpec
-from core.trial import TrialRecord
+from core.trial import TrialRecord, plan_key
 from models import build_model
 from models.checkpoints import load_weights, save_weights
 from models.datasets import DataSplits, load_dataset
@@ -49,6 +50,7 @@ from search.delivery import Delivery, feasible_ranked
 from search.final_timing import FinalTimer
 from search.objective import Objective, SearchContext, measure_baseline
 from search.rerank import RERANK_SEEDS, rerank
+from search.rerank_weights import RerankWeights
 from search.result import deliverable_trials, search_result
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
@@ -294,6 +296,7 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
     scratch = tempfile.TemporaryDirectory(dir=folder)
     timer = FinalTimer(spec, setup.model, setup.splits.input_shape, device,
                        float(setup.baseline["latency_ms"]), Path(scratch.name))
+    weights = RerankWeights(Path(scratch.name) / "rerank")
     with StepMeter() as meter:
 
         def after_trial(study: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
@@ -304,7 +307,7 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
                    should_stop=lambda: meter.steps + profile.trial_steps > trial_budget)
         trial_steps = meter.steps
         # FINALIZING starts with it (workers/reranking.py)
-        reranked = rerank(study, objective, timer)
+        reranked = rerank(study, objective, timer, weights)
         rerank_steps = meter.steps - trial_steps
     outcome: dict[str, Any] = {
         "row": row, "target": target, "seed": seed, "trial_steps": trial_steps,
@@ -332,10 +335,11 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
             log(f"{row} {TARGETS[target][0]} seed {seed}: {delivery.miss_message()}")
             return {**outcome, "test": None, "message": delivery.miss_message(),
                     "seconds": time.perf_counter() - started}
+        continued = weights.restore(plan_key(trial.plan), model)  # as workers/finalize.py
     test = final_tune(setup, model, profile.final_steps, seed)
     return {**outcome, "final_steps": profile.final_steps, "test": test,
             "chosen": trial.number, "chosen_val": trial.record.accuracy,
-            "chosen_from": trial.record.rerank_of,
+            "chosen_from": trial.record.rerank_of, "continued_rerank": continued,
             "flops": record["flops"] / setup.baseline["flops"],
             "latency": record["latency_ms"] / setup.baseline["latency_ms"],
             "dropped": len(PrunePlan.from_dict(trial.plan).drop_blocks),

@@ -315,9 +315,9 @@ class Objective:
                             **spec.fine_tune.training_settings())
         return time.perf_counter() - started, history["val_accuracy"][-1]
 
-    def fine_tuned_accuracy(self, plan: PrunePlan, scale: float, seed: int) -> float:
-        """The validation accuracy of ``plan``'s network after ``scale`` times the trial
-        fine-tune, with ``seed`` (a re-rank, ``search.rerank``)."""
+    def fine_tuned(self, plan: PrunePlan, scale: float, seed: int) -> tuple[float, nn.Module]:
+        """``plan``'s network fine-tuned for ``scale`` times the trial fine-tune with
+        ``seed`` (a re-rank, ``search.rerank``), and its validation accuracy."""
         context, spec = self.context, self.context.spec
         model = copy.deepcopy(context.model)
         importance = context.importance_factory(model) if context.importance_factory else None
@@ -327,4 +327,4 @@ class Objective:
         history = fine_tune(model, self.scored, budget.pop("epochs"), seed=seed,
                             device=context.device, cancel_event=context.cancel_event,
                             **budget, **spec.fine_tune.training_settings())
-        return float(history["val_accuracy"][-1])
+        return float(history["val_accuracy"][-1]), model

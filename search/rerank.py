@@ -18,6 +18,10 @@ fallback the re-rank never measured. So when the job has a latency limit and a
 before its fine-tunes: a plan that misses is skipped (the next best takes its place,
 at most ``MAX_TIMED_PER_PLACE`` candidates timed per place), and a re-rank trial
 records the final timing's latency instead of its source's.
+
+The weights of each re-ranked plan's better seed are kept (``search.rerank_weights``)
+when the caller asks: the final fine-tune of that plan goes on from them, so the
+re-rank's steps are not spent only on ranking.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from core.trial import TrialRecord, plan_key
 from models.plan import PrunePlan
 from search.final_timing import FinalTimer
 from search.objective import Objective, objective_values
+from search.rerank_weights import RerankWeights
 from search.result import deliverable_trials, each_plan_once
 
 __all__ = ["MAX_TIMED_PER_PLACE", "RERANK_OF_ATTR", "RERANK_SEEDS", "Reranked", "rerank"]
@@ -69,8 +74,8 @@ class Reranked:
     skipped: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
-def rerank(study: optuna.Study, objective: Objective, timer: FinalTimer | None = None
-           ) -> Reranked:
+def rerank(study: optuna.Study, objective: Objective, timer: FinalTimer | None = None,
+           weights: RerankWeights | None = None) -> Reranked:
     """Re-rank the best short-fidelity plans (see the module docstring).
 
     Args:
@@ -78,6 +83,8 @@ def rerank(study: optuna.Study, objective: Objective, timer: FinalTimer | None =
         objective: the job's objective (context: spec, unpruned network, data, baseline).
         timer: the final timing; given, and with a latency limit, a candidate is
             re-ranked only when its network passes it.
+        weights: given, keeps each re-ranked plan's better seed's weights for the final
+            fine-tune to go on from (``search.rerank_weights``).
     """
     spec = objective.context.spec
     fidelity = spec.search.fidelity
@@ -113,9 +120,14 @@ def rerank(study: optuna.Study, objective: Objective, timer: FinalTimer | None =
                 places += 1  # the next best plan takes its place
                 continue
         started = time.perf_counter()
-        accuracies = [objective.fine_tuned_accuracy(plan, fidelity.rerank_factor,
-                                                    spec.seed + RERANK_SEED_BASE + seed)
-                      for seed in range(RERANK_SEEDS)]
+        accuracies = []
+        for seed in range(RERANK_SEEDS):
+            accuracy, model = objective.fine_tuned(plan, fidelity.rerank_factor,
+                                                   spec.seed + RERANK_SEED_BASE + seed)
+            accuracies.append(accuracy)
+            if weights is not None:
+                weights.offer(plan_key(source.plan), model, accuracy)
+            del model
         record: dict[str, Any] = {
             **source.record.model_dump(exclude={"feasible"}),
             "accuracy": statistics.fmean(accuracies), "accuracy_seeds": accuracies,

@@ -7,7 +7,9 @@ side with the unpruned one, in the job's runtime, until the ratio is stable
 tried (a bounded number), then, when only latency was missed and by little, the
 closest plan narrowed onto the limit; when none meets them the job fails saying
 by how much, against which limit.
-The long fine-tune distils from the unpruned network when the spec says so. The
+The long fine-tune distils from the unpruned network when the spec says so, and
+goes on from the weights the re-rank trained for the plan when this worker re-ranked
+it (``search.rerank_weights``; ``best.continued_rerank`` says which). The
 ONNX file is exported first and timed as the user will run it; the checkpoint
 and its torch.export (.pt2) and TorchScript exports follow, each with the
 preprocessing an input needs, written under temporary names and renamed, then
@@ -21,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.trial import plan_key
 from models.checkpoints import sha256_file
 from models.export import export_onnx, export_program, export_torchscript, save_pruned
 from models.plan import PrunePlan
@@ -28,6 +31,7 @@ from models.train import evaluate, fine_tune
 from search.delivery import Delivery, feasible_ranked
 from search.final_timing import FinalTimer
 from search.objective import SearchContext
+from search.rerank_weights import RerankWeights
 from search.result import FinishedTrial, search_result
 from search.storage import open_storage
 from search.study import open_study, study_name_for
@@ -51,10 +55,11 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
         # One timer for the re-rank and delivery: an architecture timed twice is judged on
         # every round of both (search.final_timing).
         context, timer = None, None
+        weights = RerankWeights(Path(scratch) / "rerank")
         if spec.search.fidelity.mode == "multi":  # the best plans re-ranked first
             context = search_context(runtime, run)
             timer = _final_timer(runtime, context, Path(scratch))
-            rerank_best(runtime, run, study, context, timer)
+            rerank_best(runtime, run, study, context, timer, weights)
         # The baseline's metrics: what the ratios of a pareto job's pick.limit are of.
         result = search_result(study, spec, get_job(runtime.engine, job.id).baseline)
         if not result.feasible or result.best is None:
@@ -70,7 +75,7 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
             trial for trial in feasible_ranked(study) if trial.number != best.number)],
             space=context.space)
         while (trial := delivery.next_plan()) is not None:
-            if _deliver(runtime, run, context, delivery, timer, trial):
+            if _deliver(runtime, run, context, delivery, timer, weights, trial):
                 return
     _fail_with_miss(runtime, run, delivery)
 
@@ -81,9 +86,10 @@ def _final_timer(runtime: WorkerRuntime, context: SearchContext, scratch: Path) 
 
 
 def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delivery,
-             timer: FinalTimer, trial: FinishedTrial) -> bool:
-    """Time the trial's plan, fine-tune it, export it and time the file; succeed the job
-    when both timings meet the limits (True), else log the miss (False)."""
+             timer: FinalTimer, weights: RerankWeights, trial: FinishedTrial) -> bool:
+    """Time the trial's plan, fine-tune it (from its re-rank's weights when ``weights``
+    has them), export it and time the file; succeed the job when both timings meet the
+    limits (True), else log the miss (False)."""
     spec, device = run.spec, runtime.device.name
     plan = PrunePlan.from_dict(trial.plan)
     where = f"in {spec.latency.runtime} on {runtime.device.description}"
@@ -96,8 +102,10 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
         _report_miss(runtime, run, delivery, "its network")
         return False
     epochs = spec.fine_tune.final_epochs
+    continued = weights.restore(plan_key(trial.plan), model)
     runtime.phase(run, f"fine-tuning {which} for {epochs} "
-                       f"epochs{' with distillation' if spec.fine_tune.distill else ''}")
+                       f"epochs{' with distillation' if spec.fine_tune.distill else ''}"
+                       f"{', going on from its re-rank' if continued else ''}")
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         runtime.event(run, "final", f"final fine-tune epoch {epoch}/{epochs}: val accuracy "
@@ -122,6 +130,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     metrics["limits"] = delivery.standings(metrics)
     metrics["plans_tried"] = delivery.tried()
     metrics["narrowed"] = delivery.is_narrowed(trial)
+    metrics["continued_rerank"] = continued
     runtime.phase(run, "exporting safetensors, torch.export and TorchScript")
     _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
     best = {**metrics, "trial": trial.number, "plan": plan.to_dict()}

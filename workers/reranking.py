@@ -5,7 +5,9 @@ result to the study. It runs at the start of FINALIZING, so a worker that takes
 over a finalising job whose worker died re-ranks what is left (a plan already
 re-ranked is not re-ranked again) before the best re-rank is finalised. With a
 latency limit, each candidate's network is first timed as delivery will time it
-(``search.final_timing``): a plan that would fail delivery is not re-ranked.
+(``search.final_timing``): a plan that would fail delivery is not re-ranked. Each
+re-ranked plan's better seed's weights are kept for the final fine-tune to go on from
+(``search.rerank_weights``).
 """
 
 from __future__ import annotations
@@ -16,19 +18,21 @@ from core.trial import HEADLINE_FIELDS, TrialRecord
 from search.final_timing import FinalTimer
 from search.objective import Objective, SearchContext
 from search.rerank import RERANK_SEEDS, rerank
+from search.rerank_weights import RerankWeights
 from workers.runtime import JobRun, WorkerRuntime
 
 
 def rerank_best(runtime: WorkerRuntime, run: JobRun, study: optuna.Study,
-                context: SearchContext, timer: FinalTimer) -> None:
+                context: SearchContext, timer: FinalTimer, weights: RerankWeights) -> None:
     """Re-rank the job's best plans when its search is multi-fidelity, logging each;
-    ``timer`` is the final timing delivery will use."""
+    ``timer`` is the final timing delivery will use, ``weights`` keeps what the re-rank
+    trained for the final fine-tune."""
     fidelity = run.spec.search.fidelity
     if fidelity.mode != "multi" or not fidelity.rerank:
         return
     runtime.phase(run, f"re-ranking the {fidelity.rerank} best plans: {fidelity.rerank_factor:g}"
                        f" times the trial fine-tune, {RERANK_SEEDS} seeds")
-    outcome = rerank(study, Objective(context), timer)
+    outcome = rerank(study, Objective(context), timer, weights)
     for number, missed in outcome.skipped.items():
         runtime.event(run, "trial", f"trial {number}'s plan is not re-ranked: its network "
                       "misses " + ", ".join(f"{name} by {value:.1%}"

@@ -4,6 +4,7 @@ by a longer fine-tune with two seeds before the final one."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 from typing import Any
 
@@ -15,10 +16,12 @@ from pydantic import ValidationError
 
 from core.spec import JobSpec
 from core.trial import TrialRecord, plan_key
-from models.plan import PrunePlan
+from models.plan import PrunePlan, apply_plan
+from models.train import evaluate
 from search.final_timing import FinalTimer
 from search.objective import PROBE_STEP, Objective
 from search.rerank import RERANK_SEEDS, rerank
+from search.rerank_weights import RerankWeights
 from search.result import search_result
 from search.storage import open_storage
 from search.study import open_study, run_trials
@@ -180,6 +183,52 @@ def test_a_plan_that_would_fail_the_final_timing_is_not_re_ranked_and_the_next_t
     again = ScriptedFinalTimer([0.99], spec, baseline.model, baseline.splits.input_shape,
                                "cpu", float(baseline_metrics["latency_ms"]), tmp_path)
     assert rerank(study, objective, again).added == [] and again.ratios == []
+
+
+def test_the_re_rank_keeps_each_plans_better_seed_for_the_final_fine_tune(
+        tmp_path, baseline, baseline_metrics) -> None:
+    spec = make_spec(search={"n_trials": 2, "fidelity": {**MULTI, "rerank": 1}})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    study.pruner = NopPruner()
+    narrow = PrunePlan(keep={g.name: 6 for g in context.space.groups})
+    wide = PrunePlan(keep={g.name: 12 for g in context.space.groups})
+    for plan in (narrow, wide):
+        study.enqueue_trial(context.space.params_for(plan.keep, []))
+    objective = Objective(context)
+    run_trials(study, objective, spec)
+    weights = RerankWeights(tmp_path / "weights")
+    (number,) = rerank(study, objective, weights=weights).added
+    record = TrialRecord.from_trial(study.trials[number])
+    assert record.accuracy_seeds is not None
+    key = plan_key(record.plan)
+    assert weights.accuracy(key) == max(record.accuracy_seeds)
+
+    def pruned(plan: PrunePlan) -> torch.nn.Module:
+        model = copy.deepcopy(baseline.model)
+        apply_plan(model, plan, baseline.splits.example_input())
+        return model
+
+    # The freshly pruned network, given the kept weights, is the better seed's network:
+    # it scores what that seed scored on the split the re-rank scored it on.
+    model = pruned(PrunePlan.from_dict(record.plan))
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    assert weights.restore(key, model)
+    assert not all(torch.equal(tensor, fresh[name])
+                   for name, tensor in model.state_dict().items())
+    assert evaluate(model, objective.scored, "val", "cpu") == pytest.approx(
+        max(record.accuracy_seeds), abs=1e-9)
+    # Nothing kept for the other plan; weights that do not fit a network are not loaded.
+    other = narrow if PrunePlan.from_dict(record.plan).keep == wide.keep else wide
+    assert weights.accuracy(plan_key(other.to_dict())) is None
+    assert not weights.restore(plan_key(other.to_dict()), pruned(other))
+    misfiled = RerankWeights(tmp_path / "misfiled")
+    misfiled.offer(plan_key(other.to_dict()), model, 1.0)
+    misfit = pruned(other)
+    untouched = {name: tensor.clone() for name, tensor in misfit.state_dict().items()}
+    assert not misfiled.restore(plan_key(other.to_dict()), misfit)
+    assert all(torch.equal(tensor, untouched[name])
+               for name, tensor in misfit.state_dict().items())
 
 
 def test_without_a_latency_limit_the_re_rank_times_nothing(tmp_path, baseline,

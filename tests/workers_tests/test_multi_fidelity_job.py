@@ -1,6 +1,7 @@
 """A multi-fidelity job end to end: the finalising worker re-ranks the best plans before
 the final fine-tune (each timed first as delivery will time it, the job having a latency
-limit), and delivers the best re-ranked plan (SQLite, in this process)."""
+limit), and delivers the best re-ranked plan, its final fine-tune going on from the
+re-rank's weights (SQLite, in this process)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def test_a_multi_fidelity_job_delivers_its_best_re_ranked_plan(sqlite_settings,
     assert 1 <= len(reranked) <= 2 and all(number >= 5 for number in reranked)
     best = max(reranked, key=lambda number: reranked[number].accuracy or 0.0)
     assert job.best["trial"] == best and job.best["plan"] == reranked[best].plan
+    assert job.best["continued_rerank"] is True  # its final fine-tune went on from the re-rank
     for record in reranked.values():  # the final timing's latency, not its source trial's
         source = records[record.rerank_of]
         assert record.latency_ms != source.latency_ms and record.feasible is True
@@ -47,3 +49,5 @@ def test_a_multi_fidelity_job_delivers_its_best_re_ranked_plan(sqlite_settings,
     messages = [event.message for event in list_events(sqlite_engine, job_id)]
     assert any(message.startswith("re-ranking the 2 best plans") for message in messages)
     assert any(f"re-ranks trial {reranked[best].rerank_of}" in message for message in messages)
+    assert any(message.startswith(f"fine-tuning the plan of trial {best}")
+               and message.endswith("going on from its re-rank") for message in messages)
