@@ -91,6 +91,9 @@ class Profile:
     deadline_minutes: float | None = None  # no unit starts after this
     rerank: int = 3  # search.fidelity.rerank: plans re-ranked
     rerank_factor: float = 3.0  # search.fidelity.rerank_factor: their fine-tune's length
+    # The final fine-tune goes on from the re-rank's weights of its plan, as a job's does
+    # (False: from the pruned weights, the ablation ``--fresh-final`` measures).
+    continue_rerank: bool = True
 
     def rerank_steps(self, spec: JobSpec) -> int:
         fidelity = spec.search.fidelity
@@ -307,7 +310,8 @@ def run_search(setup: Setup, row: str, target: int, seed: int, folder: Path,
                    should_stop=lambda: meter.steps + profile.trial_steps > trial_budget)
         trial_steps = meter.steps
         # FINALIZING starts with it (workers/reranking.py)
-        reranked = rerank(study, objective, timer, weights)
+        reranked = rerank(study, objective, timer,
+                          weights if profile.continue_rerank else None)
         rerank_steps = meter.steps - trial_steps
     outcome: dict[str, Any] = {
         "row": row, "target": target, "seed": seed, "trial_steps": trial_steps,

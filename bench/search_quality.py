@@ -2,7 +2,7 @@
 pruned networks than the other searches and the one-shot recipes, for the same compute?
 
     python bench/search_quality.py [--profile quick|cpu|cpu-lean|gpu] [--resume] [--report-only]
-                                   [--rows a,d,e] [--targets 0,1,2] [--jobs N]
+                                   [--rows a,d,e] [--targets 0,1,2] [--jobs N] [--fresh-final]
 
 Data: Fashion-MNIST from its IDX files (``/usr/share/datasets/fashion-mnist``,
 Debian's dataset-fashion-mnist): validation (6,000) and calibration (3,000) carved
@@ -34,9 +34,11 @@ search row gets ``search_steps`` for its trials' short fine-tunes and its re-ran
 fine-tunes together (it stops starting trials when the next short fine-tune would
 leave too little for the re-rank: the number of trials follows from the steps, and
 probe-screened or infeasible trials cost none), then ``final_steps`` for the final
-fine-tune of its chosen plan; a one-shot row fine-tunes its plan for
-``search_steps + final_steps``. Every fine-tune (final ones included) distils from
-the unpruned network, as a job's final fine-tune does. Uncounted, the same for every
+fine-tune of its chosen plan, which goes on from the re-rank's weights when the plan
+was re-ranked, as a job's does (``--fresh-final``: from the pruned weights, an
+ablation); a one-shot row fine-tunes its plan for ``search_steps + final_steps``.
+Every final fine-tune distils from the unpruned network, as a job's does (the trials'
+and the re-rank's do not). Uncounted, the same for every
 row of a kind: probes, cost measurements, timing, and for the warm-started rows the
 importance scoring (once per baseline, shared by all targets and seeds).
 
@@ -206,6 +208,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None, help="processes side by side")
     parser.add_argument("--resume", action="store_true",
                         help="keep the outcomes of an earlier run's JSON, run the rest")
+    parser.add_argument("--fresh-final", action="store_true",
+                        help="search rows' final fine-tunes start from the pruned weights, not "
+                             "from the re-rank's (an ablation; its own JSON and table)")
     parser.add_argument("--report-only", action="store_true",
                         help="print the tables of the JSON as it stands")
     args = parser.parse_args()
@@ -214,6 +219,8 @@ def main() -> None:
         profile = replace(profile, targets=tuple(int(t) for t in args.targets.split(",")))
     if args.jobs:
         profile = replace(profile, jobs=args.jobs)
+    if args.fresh_final:
+        profile = replace(profile, name=f"{profile.name}-fresh-final", continue_rerank=False)
     rows = [r for r in ROWS if args.rows is None
             or r.split(")")[0][1:] in args.rows.split(",")]
     OUT.mkdir(parents=True, exist_ok=True)
