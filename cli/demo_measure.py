@@ -78,8 +78,8 @@ def remeasure(checkpoint: Path, job: dict[str, Any], latency_runs: int = LATENCY
         metrics[name]["latency_p90_ms"] = latency.p90_ms
         metrics[name]["flops"] = metrics[name]["macs"]
     best = job.get("best") or {}
-    metrics["before"]["accuracy"] = best.get("baseline_test_accuracy")
-    metrics["after"]["accuracy"] = evaluate(pruned, splits, split="test")
+    metrics["before"]["test_accuracy"] = best.get("baseline_test_accuracy")
+    metrics["after"]["test_accuracy"] = evaluate(pruned, splits, split="test")
     constraints = spec.get("objective", {}).get("constraints", {})
     return Comparison(before=metrics["before"], after=metrics["after"],
                       worker_latency_ratio=best.get("latency_ratio"),

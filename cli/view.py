@@ -45,9 +45,12 @@ def format_seconds(value: float | None) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
-# (label, key in a metrics dict, formatter, lower is better)
+# (label, key in a metrics dict, formatter, lower is better). A job's ``accuracy`` is
+# measured on the validation split the search selects on; ``test_accuracy`` on the
+# held-out test split nothing was selected on. A row neither side has is left out.
 METRIC_ROWS: list[tuple[str, str, Any, bool]] = [
-    ("accuracy", "accuracy", format_percent, False),
+    ("accuracy (val)", "accuracy", format_percent, False),
+    ("accuracy (test)", "test_accuracy", format_percent, False),
     ("latency", "latency_ms", lambda v: format_number(v, "ms"), True),
     ("memory", "memory_mb", lambda v: format_number(v, "MiB"), True),
     ("FLOPs (MACs)", "flops", format_count, True),
@@ -80,6 +83,8 @@ def metrics_table(before: dict[str, Any] | None, after: dict[str, Any] | None, *
     for label, key, formatter, lower_is_better in METRIC_ROWS:
         old = (before or {}).get(key)
         new = (after or {}).get(key)
+        if old is None and new is None:
+            continue  # not measured on either side (a test accuracy before finalising)
         table.add_row(label, formatter(old), formatter(new),
                       ratio_text(old, new, lower_is_better))
     return table
@@ -119,7 +124,12 @@ def job_summary(job: dict[str, Any]) -> Group:
                                 style="red"))
     if job.get("baseline") or job.get("best"):
         label = "best" if job["status"] == "succeeded" else "best so far"
-        lines.append(metrics_table(job.get("baseline"), job.get("best"), after_label=label))
+        best = job.get("best") or {}
+        # The delivered model's test accuracy comes with the unpruned one's, measured by
+        # the same worker on the same split.
+        baseline = {**(job.get("baseline") or {}),
+                    "test_accuracy": best.get("baseline_test_accuracy")}
+        lines.append(metrics_table(baseline, job.get("best"), after_label=label))
     for artifact in job.get("artifacts") or []:
         lines.append(_unwrapped(f"{artifact['format']}: {format_count(artifact['size'], 'B')}, "
                           f"sha256 {artifact['sha256']}  (topiary download {job['id']} "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -270,6 +271,8 @@ def test_cli_runs_a_real_job_end_to_end(live_api: LiveApi, worker_process, tmp_p
     for phase in ("preparing", "searching", "finalizing", "succeeded"):
         assert phase in watched.stdout
     assert "trials 3/3" in watched.stdout and "sha256" in watched.stdout
+    # the delivered network's held-out test accuracy beside the unpruned one's
+    assert re.search(r"accuracy \(test\)\s.*\d %.*\d %.*pts", watched.stdout), watched.stdout
 
     checkpoint = tmp_path / "pruned.safetensors"
     downloaded = invoke(live_api, "download", job_id, "-o", str(checkpoint))

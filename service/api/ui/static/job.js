@@ -66,27 +66,35 @@ function ratio(value, reference) {
 
 function renderMetrics(job) {
   const rows = [];
-  const cells = (m) => [formatPercent(m.accuracy, 2), formatMs(m.latency_ms),
+  // test accuracy: measured once the delivered model exists, with the unpruned one's
+  const cells = (m, test) => [formatPercent(m.accuracy, 2),
+    typeof test === "number" ? formatPercent(test, 2) : "", formatMs(m.latency_ms),
     formatMb(m.memory_mb), formatCount(m.flops), formatCount(m.params)];
-  if (job.baseline) rows.push(["unpruned baseline", cells(job.baseline)]);
+  if (job.baseline) {
+    rows.push(["unpruned baseline", cells(job.baseline, job.best?.baseline_test_accuracy)]);
+  }
   if (job.best) {
     const label = job.status === "succeeded" ? `pruned, fine-tuned (trial ${job.best.trial})`
       : `best so far: trial ${job.best.trial}`;
-    rows.push([label, cells(job.best)]);
+    rows.push([label, cells(job.best, job.best.test_accuracy)]);
     if (job.baseline) {
       const b = job.baseline;
       const accuracyChange = typeof job.best.accuracy === "number"
         && typeof b.accuracy === "number"
         ? `${job.best.accuracy >= b.accuracy ? "+" : ""}${(100 * (job.best.accuracy - b.accuracy)).toFixed(2)} pts`
         : "";
-      rows.push(["best against baseline", [accuracyChange, ratio(job.best.latency_ms, b.latency_ms),
+      const test = job.best.test_accuracy, baseTest = job.best.baseline_test_accuracy;
+      const testChange = typeof test === "number" && typeof baseTest === "number"
+        ? `${test >= baseTest ? "+" : ""}${(100 * (test - baseTest)).toFixed(2)} pts` : "";
+      rows.push(["best against baseline", [accuracyChange, testChange,
+        ratio(job.best.latency_ms, b.latency_ms),
         ratio(job.best.memory_mb, b.memory_mb), ratio(job.best.flops, b.flops),
         ratio(job.best.params, b.params)]]);
     }
   }
   const body = document.querySelector("#metrics tbody");
   if (!rows.length) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, class: "muted" },
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, class: "muted" },
       "measured once the worker has prepared the job")));
     return;
   }

@@ -1,0 +1,40 @@
+"""How ``topiary status`` prints a job: what each accuracy row measured."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.console import Console
+
+from cli.view import job_summary
+
+
+def printed(job: dict[str, Any]) -> str:
+    console = Console(record=True, width=120, color_system=None)
+    console.print(job_summary(job))
+    return console.export_text()
+
+
+def job(status: str, best: dict[str, Any] | None) -> dict[str, Any]:
+    return {"id": "j1", "name": "n", "status": status, "phase": None, "progress": {},
+            "error": None, "artifacts": [],
+            "baseline": {"accuracy": 0.95, "latency_ms": 4.0, "memory_mb": 1.0,
+                         "flops": 1000, "params": 100},
+            "best": best}
+
+
+def test_a_finished_job_shows_the_held_out_test_accuracy_beside_the_validation_one() -> None:
+    best = {"accuracy": 0.93, "test_accuracy": 0.90, "baseline_test_accuracy": 0.94,
+            "latency_ms": 2.0, "memory_mb": 0.5, "flops": 400, "params": 40}
+    text = printed(job("succeeded", best))
+    assert re.search(r"accuracy \(val\)\s.*95\.0 %.*93\.0 %.*-2\.0 pts", text), text
+    # the unpruned network's test accuracy is the worker's, from the best's record
+    assert re.search(r"accuracy \(test\)\s.*94\.0 %.*90\.0 %.*-4\.0 pts", text), text
+
+
+def test_a_row_measured_on_neither_side_is_left_out() -> None:
+    best = {"accuracy": 0.93, "latency_ms": 2.0, "memory_mb": 0.5, "flops": 400, "params": 40}
+    text = printed(job("searching", best))
+    assert "accuracy (val)" in text and "latency" in text
+    assert "accuracy (test)" not in text, text
