@@ -94,6 +94,9 @@ class Profile:
     # The final fine-tune goes on from the re-rank's weights of its plan, as a job's does
     # (False: from the pruned weights, the ablation ``--fresh-final`` measures).
     continue_rerank: bool = True
+    # search.fidelity.screen: "probe" screens plans before their short fine-tune, "none"
+    # fine-tunes every feasible plan (the ablation ``--no-screen`` measures).
+    screen: str = "probe"
 
     def rerank_steps(self, spec: JobSpec) -> int:
         fidelity = spec.search.fidelity
@@ -116,7 +119,8 @@ def make_spec(profile: Profile, constraints: dict[str, float], sampler: str,
         "search": {"sampler": sampler, "n_trials": profile.max_trials(),
                    "warm_start": warm or ["attention", "pls"],
                    "fidelity": {"mode": "multi", "rerank": profile.rerank,
-                                "rerank_factor": profile.rerank_factor}},
+                                "rerank_factor": profile.rerank_factor,
+                                "screen": profile.screen}},
         "fine_tune": {"trial_steps": profile.trial_steps, "batch_size": profile.batch_size,
                       "trial_eval_images": profile.trial_eval_images,
                       "baseline_epochs": profile.baseline_epochs},

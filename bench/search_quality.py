@@ -3,6 +3,7 @@ pruned networks than the other searches and the one-shot recipes, for the same c
 
     python bench/search_quality.py [--profile quick|cpu|cpu-lean|gpu] [--resume] [--report-only]
                                    [--rows a,d,e] [--targets 0,1,2] [--jobs N] [--fresh-final]
+                                   [--no-screen]
 
 Data: Fashion-MNIST from its IDX files (``/usr/share/datasets/fashion-mnist``,
 Debian's dataset-fashion-mnist): validation (6,000) and calibration (3,000) carved
@@ -211,6 +212,9 @@ def main() -> None:
     parser.add_argument("--fresh-final", action="store_true",
                         help="search rows' final fine-tunes start from the pruned weights, not "
                              "from the re-rank's (an ablation; its own JSON and table)")
+    parser.add_argument("--no-screen", action="store_true",
+                        help="search rows fine-tune every feasible plan, no probe screen "
+                             "(search.fidelity.screen none; its own JSON and table)")
     parser.add_argument("--report-only", action="store_true",
                         help="print the tables of the JSON as it stands")
     args = parser.parse_args()
@@ -221,6 +225,8 @@ def main() -> None:
         profile = replace(profile, jobs=args.jobs)
     if args.fresh_final:
         profile = replace(profile, name=f"{profile.name}-fresh-final", continue_rerank=False)
+    if args.no_screen:
+        profile = replace(profile, name=f"{profile.name}-no-screen", screen="none")
     rows = [r for r in ROWS if args.rows is None
             or r.split(")")[0][1:] in args.rows.split(",")]
     OUT.mkdir(parents=True, exist_ok=True)

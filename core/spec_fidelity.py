@@ -5,7 +5,8 @@ or ``trial_steps``). ``multi``: every feasible plan is first screened by the
 adaptive-BatchNorm probe (EagleEye: BatchNorm statistics re-estimated, no
 training) and Optuna's successive halving lets only the best ``1 /
 reduction_factor`` of the probed plans go on to the short fine-tune (and halves
-them again over its epochs); then the ``rerank`` best plans are fine-tuned
+them again over its epochs; ``screen: none`` skips the probe, and every feasible
+plan is fine-tuned); then the ``rerank`` best plans are fine-tuned
 ``rerank_factor`` times longer with two seeds, and the best of those is the one
 finalised. Torch-free; ``core.spec`` uses ``FidelitySpec``.
 """
@@ -28,6 +29,12 @@ class FidelitySpec(BaseModel):
                     "adaptive-BatchNorm probe screens every plan and successive halving "
                     "gives the short fine-tune only to the most promising, then the best "
                     "few are re-ranked by a longer fine-tune with two seeds")
+    screen: Literal["probe", "none"] = Field(
+        default="probe",
+        description="multi: probe: the adaptive-BatchNorm probe screens every feasible plan "
+                    "before its fine-tune, so the same steps see more plans; none: every "
+                    "feasible plan gets the short fine-tune (see bench/rerank_signal.py for "
+                    "how well each signal ranks plans)")
     reduction_factor: int = Field(
         default=3, ge=2, le=10,
         description="multi: 1 / this share of the probed plans goes on to the fine-tune")

@@ -220,7 +220,7 @@ class Objective:
         if is_feasible(record["violations"]) or not self.limits:
             record["accuracy_pruned"] = evaluate(model, self.scored, split="val",
                                                  device=context.device)
-            if self.multi_fidelity:
+            if self.multi_fidelity and spec.search.fidelity.screen == "probe":
                 self._screen(trial, model, record)
             record["fidelity"] = "short" if self.fine_tunes else "pruned"
             # Stored before the fine-tune too, so a trial the pruner stops keeps it.

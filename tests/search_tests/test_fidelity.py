@@ -77,6 +77,25 @@ def test_a_multi_fidelity_search_screens_fine_tunes_the_best_and_re_ranks_them(
     assert result.best.record.accuracy == max(record.accuracy or 0 for record in long)
 
 
+def test_without_the_probe_screen_every_feasible_plan_is_fine_tuned(
+        tmp_path, baseline, baseline_metrics) -> None:
+    spec = make_spec(search={"n_trials": 6, "sampler": "random",
+                             "fidelity": {**MULTI, "screen": "none"}})
+    context = make_context(baseline, baseline_metrics, spec)
+    study = open_study(open_storage(f"sqlite:///{tmp_path}/optuna.db"), "job", spec)
+    objective = Objective(context)
+    assert run_trials(study, objective, spec) == "budget"
+
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6  # none screened out
+    for trial in trials:
+        record = TrialRecord.from_trial(trial)
+        assert record.fidelity == "short" and record.accuracy_probe is None
+        assert (record.fine_tune_seconds or 0) > 0
+        assert PROBE_STEP not in trial.intermediate_values
+    assert len(rerank(study, objective).added) == 2  # the re-rank is the same
+
+
 def _spec(search: dict[str, Any], **sections: Any) -> JobSpec:
     return JobSpec.model_validate({"name": "t", "model": {"arch": "cifar_resnet20"},
                                    "dataset": {"name": "digits"}, "search": search,
