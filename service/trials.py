@@ -1,7 +1,8 @@
 """A job's trials, read from its Optuna study (Optuna's own database), and their Pareto front.
 
 Each trial's measurements are read through ``core.trial.TrialRecord``, as the
-objective wrote them. Optuna is imported on first use (it does not import torch).
+objective wrote them. Optuna is imported when a ``StudyReader`` is built (it does not
+import torch), not by importing this module.
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class StudyReader:
     """Reads studies from one Optuna storage URL; one connection pool per process."""
 
     def __init__(self, optuna_url: str) -> None:
+        # Imported here, once, by the thread that builds the reader (the API's start-up):
+        # left to the first request, two request threads importing it at the same moment
+        # can find a module half-initialised (an ImportError, a 500, seen under load).
+        import optuna.exceptions  # noqa: F401
+        import optuna.storages  # noqa: F401
+
         self._url = optuna_url
         self._storage: Any = None
         self._lock = threading.Lock()
