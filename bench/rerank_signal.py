@@ -37,6 +37,7 @@ import argparse
 import copy
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
@@ -92,12 +93,12 @@ def _plans(source: Path, target: int, limit: int | None) -> list[tuple[str, dict
             uniform = trial["label"].startswith("uniform@")
             if trial["fidelity"] != "long" and not uniform:
                 continue
-            source = trials.get(trial["rerank_of"], trial) if not uniform else trial
+            origin = trials.get(trial["rerank_of"], trial) if not uniform else trial
             plan = {"keep": trial["keep"], "drop_blocks": trial["drop_blocks"]}
             key = json.dumps(plan, sort_keys=True)
             counts[key] = counts.get(key, 0) + (0 if uniform else 1)
-            label = source["label"] or (f"{outcome['row'].split(')')[0]}) seed {outcome['seed']} "
-                                           f"#{source['number']}")
+            label = origin["label"] or (f"{outcome['row'].split(')')[0]}) seed {outcome['seed']} "
+                                           f"#{origin['number']}")
             plans.setdefault(key, (label, plan))
     ordered = sorted(plans, key=lambda k: (-counts[k], k))
     uniform = [k for k in ordered if plans[k][0].startswith("uniform@")][:1]
@@ -105,10 +106,10 @@ def _plans(source: Path, target: int, limit: int | None) -> list[tuple[str, dict
     return [plans[k] for k in chosen]
 
 
-def _key(plan: dict, profile_name: str) -> str:
-    round_to = make_spec(PROFILES[profile_name], TARGETS[0][1], "tpe", None, 0).channel_multiple(
-        PROFILES[profile_name].device.split(":")[0])
-    return plan_key({**plan, "round_to": round_to})
+def _plan(plan: dict, setup: Setup) -> PrunePlan:
+    """A plan from a ``search_quality`` trial log (keep counts and dropped blocks), with the
+    channel multiple the profile's searches round to."""
+    return PrunePlan.from_dict({**plan, "round_to": setup.round_to()})
 
 
 def _measure(job: tuple[str, dict, int, dict[str, float] | None]) -> dict[str, Any]:
@@ -118,9 +119,9 @@ def _measure(job: tuple[str, dict, int, dict[str, float] | None]) -> dict[str, A
     profile, device = setup.profile, setup.profile.device
     started = time.perf_counter()
     spec = make_spec(profile, TARGETS[target][1], "tpe", None, 0)
-    round_to = setup.round_to()
-    plan = PrunePlan.from_dict({**plan_dict, "round_to": round_to})
-    space = SearchSpace.from_spec(setup.groups, setup.blocks, spec.search, round_to=round_to)
+    plan = _plan(plan_dict, setup)
+    space = SearchSpace.from_spec(setup.groups, setup.blocks, spec.search,
+                                  round_to=setup.round_to())
     objective = Objective(SearchContext(spec=spec, model=setup.model, splits=setup.splits,
                                         space=space, baseline=dict(setup.baseline),
                                         device=device))
@@ -190,26 +191,26 @@ def main() -> None:
     log(f"{len(plans)} plans at {TARGETS[args.target][0]}")
     context = multiprocessing.get_context("spawn")
     started = time.perf_counter()
-    _start(profile.name)  # trains and caches the baseline once, before the workers load it
+    torch.set_num_threads(os.cpu_count() or 1)
+    # Trains and caches the baseline once (on every core), before the workers load it.
+    setup = prepare(profile, OUT / "cache", log)
+    jobs = [(label, plan, args.target, earlier.get(plan_key(_plan(plan, setup).to_dict())))
+            for label, plan in plans]
     with ProcessPoolExecutor(args.jobs, mp_context=context, initializer=_start,
                              initargs=(profile.name,)) as pool:
         rows = []
-        jobs = [(label, plan, args.target, earlier.get(_key(plan, profile.name)))
-                for label, plan in plans]
         for row in pool.map(_measure, jobs):
             log(f"{row['label']}: " + ", ".join(f"{s} {row[s]:.4f}" for s in SIGNALS)
                 + f", final {row['final']:.4f} ({row['seconds']:.0f} s)")
             rows.append(row)
-    baseline = json.loads(next((OUT / "cache").glob(
-        f"baseline-*{profile.train_images}-*-{profile.device}-val*.json")).read_text())
     header = (f"## rerank_signal, profile {profile.name}, {TARGETS[args.target][0]}: "
               f"{len(rows)} plans (the distinct plans re-ranked in {source.name}, and uniform "
-              f"L1's)\n\nBaseline test {baseline['test_accuracy']:.2%}. Signals in % "
+              f"L1's)\n\nBaseline test {setup.baseline['test_accuracy']:.2%}. Signals in % "
               f"validation accuracy: probe (no fine-tune; probe_loss: minus its calibration "
               f"loss), short (one {profile.trial_steps}-step trial fine-tune) and the re-rank "
               f"({RERANK_SEEDS} seeds x {profile.rerank_factor:g} x {profile.trial_steps} "
               f"steps) on {profile.trial_eval_images} images, the re-rank on the whole "
-              f"validation split ({len(_SETUP.splits.val)} images); final: test % after "  # type: ignore[union-attr, arg-type]
+              f"validation split ({len(setup.splits.val)} images); final: test % after "  # type: ignore[arg-type]
               f"{profile.final_steps} distilled steps from the better re-rank seed"
               + (" (re-rank and final from the earlier run, --reuse)" if args.reuse else "")
               + f". {(time.perf_counter() - started) / 60:.0f} min.")

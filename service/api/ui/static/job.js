@@ -64,6 +64,12 @@ function ratio(value, reference) {
     ? `×${(value / reference).toFixed(2)}` : "";
 }
 
+// An accuracy's change in points ("+0.12 pts"), or "" when either side is missing.
+function pointsChange(value, reference) {
+  if (typeof value !== "number" || typeof reference !== "number") return "";
+  return `${value >= reference ? "+" : ""}${(100 * (value - reference)).toFixed(2)} pts`;
+}
+
 function renderMetrics(job) {
   const rows = [];
   // test accuracy: measured once the delivered model exists, with the unpruned one's
@@ -79,14 +85,8 @@ function renderMetrics(job) {
     rows.push([label, cells(job.best, job.best.test_accuracy)]);
     if (job.baseline) {
       const b = job.baseline;
-      const accuracyChange = typeof job.best.accuracy === "number"
-        && typeof b.accuracy === "number"
-        ? `${job.best.accuracy >= b.accuracy ? "+" : ""}${(100 * (job.best.accuracy - b.accuracy)).toFixed(2)} pts`
-        : "";
-      const test = job.best.test_accuracy, baseTest = job.best.baseline_test_accuracy;
-      const testChange = typeof test === "number" && typeof baseTest === "number"
-        ? `${test >= baseTest ? "+" : ""}${(100 * (test - baseTest)).toFixed(2)} pts` : "";
-      rows.push(["best against baseline", [accuracyChange, testChange,
+      rows.push(["best against baseline", [pointsChange(job.best.accuracy, b.accuracy),
+        pointsChange(job.best.test_accuracy, job.best.baseline_test_accuracy),
         ratio(job.best.latency_ms, b.latency_ms),
         ratio(job.best.memory_mb, b.memory_mb), ratio(job.best.flops, b.flops),
         ratio(job.best.params, b.params)]]);
