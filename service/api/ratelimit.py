@@ -14,6 +14,12 @@ amount at the start of a window. Responses carry ``RateLimit-Limit``,
 ``RateLimit-Remaining`` and ``RateLimit-Reset`` of the limit nearest to running out,
 and a refusal also ``Retry-After``. When the shared store does not answer, requests
 pass (logged at most once a minute): the per-tenant quotas in the database still hold.
+
+In one process's memory the counters live in `limits`' own ``MemoryStorage``, with its
+sweep of expired keys run at most once a second (:class:`SweptMemoryStorage`): as
+shipped, it sweeps after every increment, visiting every key counted in the last window,
+so that a request cost the event loop 0.4 ms with 1,000 active keys and 2.4 ms with
+10,000 (``bench/ratelimit.py``).
 """
 
 from __future__ import annotations
@@ -44,6 +50,32 @@ class RateDecision:
     retry_after: int = 0
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage, sweeping expired keys at most once per ``every``
+    seconds instead of after every increment.
+
+    The sweep only frees the memory of keys no request has touched since their window
+    ended (a read of an expired key already finds it empty), so running it less often
+    changes no count: it bounds the memory to the keys of the last window and a second.
+    """
+
+    def __init__(self, every: float = 1.0) -> None:
+        super().__init__()
+        self.every = every
+        self.sweeps = 0
+        self._next_sweep = 0.0
+
+    # MemoryStorage.incr and decr call this (its name as Python mangles ``__schedule_expiry``
+    # inside the class); test_api_limits checks that the override is still the one called.
+    async def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.every
+        self.sweeps += 1
+        await super()._MemoryStorage__schedule_expiry()  # type: ignore[misc]
+
+
 def _async_uri(uri: str) -> str:
     return uri if uri.startswith("async+") else f"async+{uri}"
 
@@ -70,7 +102,7 @@ class RequestRates:
 
     def _storage(self) -> Storage:
         if not self.storage_uri:
-            return MemoryStorage()
+            return SweptMemoryStorage()
         storage = storage_from_string(_async_uri(self.storage_uri),
                                       **({"implementation": "redispy"}
                                          if "redis" in self.storage_uri.split(":", 1)[0]

@@ -7,6 +7,7 @@ files, and builder arguments checked against the catalog.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 from safetensors.numpy import save as save_safetensors
 
 from service.api.app import create_app
-from service.api.ratelimit import RequestRates
+from service.api.ratelimit import RequestRates, SweptMemoryStorage
 from service.config import Settings
 from service.jobs import JobStatus, append_event, list_events, request_cancel, transition
 from tests.service_tests.conftest import Api, spec_json
@@ -83,6 +84,27 @@ def test_without_a_shared_store_each_process_enforces_its_share() -> None:
     shared = RequestRates(Settings(rate_limit="10/second", api_processes=4,
                                    rate_limit_storage="redis://127.0.0.1:6379/15"))
     assert [item.amount for item in shared.items] == [10]
+
+
+def test_in_memory_counters_sweep_expired_keys_at_most_once_a_second() -> None:
+    """`limits`' MemoryStorage sweeps every counted key after every increment (a request
+    cost O(active keys)); ours sweeps once a second and still frees expired keys."""
+    async def scenario() -> tuple[int, int, list[str]]:
+        rates = RequestRates(Settings(rate_limit="1/second"))
+        for number in range(300):
+            await rates.hit(f"key-{number}")
+            await asyncio.sleep(0)  # where the sweep, a task, would run
+        storage = rates._current_limiter().storage
+        assert isinstance(storage, SweptMemoryStorage)
+        sweeps, held = storage.sweeps, len(storage.storage)
+        await asyncio.sleep(1.1)  # every window ends, and a sweep is due
+        await rates.hit("late")
+        await asyncio.sleep(0.05)
+        return sweeps, held, list(storage.storage)
+
+    sweeps, held, left = asyncio.run(scenario())
+    assert (sweeps, held) == (1, 300)
+    assert len(left) == 1 and "late" in left[0]
 
 
 @sqlite_only
