@@ -97,6 +97,17 @@ class Profile:
     # search.fidelity.screen: "probe" screens plans before their short fine-tune, "none"
     # fine-tunes every feasible plan (the ablation ``--no-screen`` measures).
     screen: str = "probe"
+    # Each seed's rows prune a baseline trained with that seed (False: every seed prunes
+    # the seed-0 baseline), so the seeds' spread holds the baseline's too (the ablation
+    # ``--baseline-per-seed`` runs).
+    baseline_per_seed: bool = False
+
+    def baseline_seed(self, seed: int) -> int:
+        """The seed of the baseline that ``seed``'s rows prune."""
+        return seed if self.baseline_per_seed else 0
+
+    def baseline_seeds(self) -> tuple[int, ...]:
+        return tuple(sorted({self.baseline_seed(seed) for seed in self.seeds}))
 
     def rerank_steps(self, spec: JobSpec) -> int:
         fidelity = spec.search.fidelity
@@ -153,14 +164,17 @@ def load_splits(profile: Profile) -> DataSplits:
     return splits.limit("train", profile.train_images).to_device(profile.device)
 
 
-def prepare(profile: Profile, cache: Path, log: Callable[[str], None]) -> Setup:
-    """The baseline (trained once, cached under ``cache``), its metrics, test accuracy and
-    importance scores (cached too), as ``workers/prepare.py`` makes them."""
+def prepare(profile: Profile, cache: Path, log: Callable[[str], None],
+            baseline_seed: int = 0) -> Setup:
+    """The baseline trained with ``baseline_seed`` (once, cached under ``cache``), its
+    metrics, test accuracy and importance scores (cached too), as ``workers/prepare.py``
+    makes them. The data splits do not depend on the seed."""
     cache.mkdir(parents=True, exist_ok=True)
     splits = load_splits(profile)
     spec = make_spec(profile, TARGETS[0][1], "tpe", None, 0)
     key = (f"{profile.arch}-{profile.image_size}px-{profile.train_images or 'all'}-"
-           f"{profile.baseline_epochs}ep-b{profile.batch_size}")
+           f"{profile.baseline_epochs}ep-b{profile.batch_size}"
+           + (f"-seed{baseline_seed}" if baseline_seed else ""))
     weights = cache / f"baseline-{key}.safetensors"
     metrics = cache / f"baseline-{key}-{profile.device}-val{profile.trial_eval_images}.json"
     model = build_model(profile.arch, num_classes=splits.num_classes)
@@ -169,10 +183,12 @@ def prepare(profile: Profile, cache: Path, log: Callable[[str], None]) -> Setup:
         model.to(profile.device).eval()
     else:
         log(f"training the baseline: {profile.arch}, {len(splits.train)} images "  # type: ignore[arg-type]
-            f"{profile.image_size}x{profile.image_size}, {profile.baseline_epochs} epochs")
+            f"{profile.image_size}x{profile.image_size}, {profile.baseline_epochs} epochs, "
+            f"seed {baseline_seed}")
         settings = {**spec.fine_tune.training_settings(),
                     "learning_rate": max(spec.fine_tune.learning_rate, 0.05)}
-        config = TrainConfig(epochs=profile.baseline_epochs, seed=0, device=profile.device,
+        config = TrainConfig(epochs=profile.baseline_epochs, seed=baseline_seed,
+                             device=profile.device,
                              **settings)
         model = train_baseline(profile.arch, {}, splits, config, eval_split=None,
                                callback=lambda epoch, m: log(
