@@ -18,8 +18,8 @@ pass (logged at most once a minute): the per-tenant quotas in the database still
 In one process's memory the counters live in `limits`' own ``MemoryStorage``, with its
 sweep of expired keys run at most once a second (:class:`SweptMemoryStorage`): as
 shipped, it sweeps after every increment, visiting every key counted in the last window,
-so that a request cost the event loop 0.4 ms with 1,000 active keys and 2.4 ms with
-10,000 (``bench/ratelimit.py``).
+so that a request cost the event loop 0.16 ms with 1,000 active keys and 1.3 ms with
+10,000 against 14 us swept once a second (``bench/ratelimit.py``).
 """
 
 from __future__ import annotations
