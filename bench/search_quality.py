@@ -103,6 +103,13 @@ PROFILES = {
                         trial_steps=20, search_steps=300, final_steps=600,
                         trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
                         rerank=2, rerank_factor=2.0),
+    # cpu-lean's budgets on the gpu profile's deeper network (ResNet-56: 27 residual blocks
+    # where ResNet-20 has 9, so plans can differ more): the gpu profile's question asked on
+    # this machine, at 16x16 on 12k images (a step costs about 3.5x cpu-lean's).
+    "cpu-56": Profile("cpu-56", "cifar_resnet56", 16, 12000, baseline_epochs=20,
+                      trial_steps=20, search_steps=300, final_steps=600,
+                      trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
+                      rerank=2, rerank_factor=2.0),
     # Untested here (no GPU): sized by estimate for one H200, 4 processes side by side.
     "gpu": Profile("gpu", "cifar_resnet56", 28, None, baseline_epochs=15,
                    trial_steps=30, search_steps=900, final_steps=450,
