@@ -88,6 +88,10 @@ from _search_rows import (  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
 ROWS = (*SEARCHES, *ONE_SHOTS)
+_CPU_LEAN = Profile("cpu-lean", "cifar_resnet20", 16, 12000, baseline_epochs=20,
+                    trial_steps=20, search_steps=300, final_steps=600,
+                    trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
+                    rerank=2, rerank_factor=2.0)
 # Sized on this 2-core machine by the quick profile (see the note in the cpu profile).
 PROFILES = {
     "quick": Profile("quick", "cifar_resnet20", 16, 12000, baseline_epochs=20,
@@ -99,17 +103,11 @@ PROFILES = {
     # The cpu profile with a third of the compute for the search and two thirds for the
     # final fine-tune (the cpu profile's diagnostic: its plans lost to uniform L1 at 25%
     # FLOPs by their shorter final fine-tune, not by the plan); 2 plans re-ranked at 2x.
-    "cpu-lean": Profile("cpu-lean", "cifar_resnet20", 16, 12000, baseline_epochs=20,
-                        trial_steps=20, search_steps=300, final_steps=600,
-                        trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
-                        rerank=2, rerank_factor=2.0),
+    "cpu-lean": _CPU_LEAN,
     # cpu-lean's budgets on the gpu profile's deeper network (ResNet-56: 27 residual blocks
     # where ResNet-20 has 9, so plans can differ more): the gpu profile's question asked on
     # this machine, at 16x16 on 12k images (a step costs about 3.5x cpu-lean's).
-    "cpu-56": Profile("cpu-56", "cifar_resnet56", 16, 12000, baseline_epochs=20,
-                      trial_steps=20, search_steps=300, final_steps=600,
-                      trial_eval_images=1000, seeds=(0, 1, 2), targets=(0, 1, 2),
-                      rerank=2, rerank_factor=2.0),
+    "cpu-56": replace(_CPU_LEAN, name="cpu-56", arch="cifar_resnet56"),
     # Untested here (no GPU): sized by estimate for one H200, 4 processes side by side.
     "gpu": Profile("gpu", "cifar_resnet56", 28, None, baseline_epochs=15,
                    trial_steps=30, search_steps=900, final_steps=450,
