@@ -41,16 +41,15 @@ from models.importance import ImportanceScores
 from models.measure import count_flops_params
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
 
-__all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "largest_fitting",
-           "shaped_plan",
-           "uniform_plan_for_flops", "warm_start_plans"]
+__all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "global_magnitude_schedule",
+           "largest_fitting", "shaped_plan", "uniform_plan_for_flops", "warm_start_plans"]
 
 logger = logging.getLogger(__name__)
 
 #: Bisection steps on the global knob; channel counts are integers, so this is plenty.
 BISECTION_STEPS = 14
-#: The smallest share of all channels a global-magnitude plan keeps.
-GLOBAL_LOWEST_SHARE = 0.2
+#: Steps of Torch-Pruning's iterative global pruning from nothing pruned to the floors.
+GLOBAL_STEPS = 40
 
 
 class FlopsCounter:
@@ -208,43 +207,60 @@ def shaped_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: 
         lambda knob: _ranked_plan(groups, ranks, knob, dropped, spread, round_to), fits, steps)
 
 
-def global_magnitude_widths(model: nn.Module, example_input: Tensor,
-                            groups: Sequence[GroupInfo], keep_share: float,
-                            round_to: int = 1) -> dict[str, int]:
-    """The widths Torch-Pruning's global magnitude pruning leaves at one pruning ratio.
+def global_magnitude_schedule(model: nn.Module, example_input: Tensor,
+                              groups: Sequence[GroupInfo], round_to: int = 1,
+                              steps: int = GLOBAL_STEPS) -> list[dict[str, int]]:
+    """The widths Torch-Pruning's global magnitude pruning leaves after each of its steps.
 
-    ``BasePruner(global_pruning=True)`` with ``GroupMagnitudeImportance`` ranks the
-    channels of all groups together, so layers with weak filters lose more (the
-    classic global L1 baseline). The model is not modified (a copy is pruned).
+    ``BasePruner(global_pruning=True, iterative_steps=steps)`` with
+    ``GroupMagnitudeImportance`` ranks the channels of all groups together at every step,
+    so layers with weak filters lose more (the classic global L1 baseline); its pruning
+    ratio rises linearly to the groups' lowest floor, and ``max_pruning_ratio`` stops a
+    group there. Stepped, as Torch-Pruning's own benchmarks prune to a MACs target: one
+    step at a high ratio is not monotone (on a trained ResNet-20 with channel multiple 8,
+    ratio 0.6 leaves 33% of the MACs and ratio 0.75 leaves 52%, since a group whose
+    channels all fall under the global threshold is skipped whole), while every step
+    only removes channels, so no width grows along the schedule. The model is not
+    modified (a copy is pruned).
 
-    Args:
-        keep_share: ``1 - pruning_ratio``, in (0, 1].
+    Returns:
+        ``steps + 1`` width maps, group name -> channels kept: before the first step
+        (nothing pruned), then after each step.
     """
     pruned = copy.deepcopy(model).eval()
     classifier = final_classifier(pruned)
     floor = min((group.min_keep / group.channels for group in groups), default=0.0)
+    ratio = max(0.0, 1.0 - floor)
     pruner = tp.pruner.BasePruner(
         pruned, example_input, importance=tp.importance.GroupMagnitudeImportance(),
-        global_pruning=True, pruning_ratio=min(1.0, max(0.0, 1.0 - keep_share)),
-        max_pruning_ratio=max(0.0, 1.0 - floor),
+        global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=ratio,
+        iterative_steps=steps,
         ignored_layers=[classifier] if classifier is not None else [], round_to=round_to)
-    pruner.step()
     modules = dict(pruned.named_modules())
-    return {group.name: int(modules[group.name].out_channels) for group in groups}
+
+    def widths() -> dict[str, int]:
+        return {group.name: int(modules[group.name].out_channels) for group in groups}
+
+    schedule = [widths()]
+    for _ in range(steps):
+        pruner.step()
+        schedule.append(widths())
+    return schedule
 
 
 def global_magnitude_plan(model: nn.Module, example_input: Tensor,
                           groups: Sequence[GroupInfo], fits: PlanCheck, round_to: int = 1,
                           steps: int = BISECTION_STEPS) -> PrunePlan | None:
-    """The widest global-magnitude plan (see ``global_magnitude_widths``) that ``fits``.
+    """The widest plan along Torch-Pruning's stepped global magnitude pruning
+    (``global_magnitude_schedule``) that ``fits``, or None when even its last step does not.
 
     Keep counts are clamped to each group's floor, so the plan stays in the search space.
-    The knob keeps ``GLOBAL_LOWEST_SHARE`` to all of the channels: Torch-Pruning's global
-    ratio stops being monotone near 1 (at ratio 0.95 it prunes nothing on a ResNet-20).
+    The schedule's widths only shrink, so bisection over its steps finds the widest fit.
     """
+    schedule = global_magnitude_schedule(model, example_input, groups, round_to)
+
     def make_plan(knob: float) -> PrunePlan:
-        share = GLOBAL_LOWEST_SHARE + (1.0 - GLOBAL_LOWEST_SHARE) * knob
-        widths = global_magnitude_widths(model, example_input, groups, share, round_to)
+        widths = schedule[round((1.0 - knob) * (len(schedule) - 1))]
         keep = {group.name: max(_floor(group, round_to), widths[group.name]) for group in groups
                 if widths[group.name] < group.channels}
         return PrunePlan(keep=keep, round_to=round_to)

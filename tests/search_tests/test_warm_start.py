@@ -19,7 +19,14 @@ from models.plan import (
     prunable_groups,
     removable_blocks,
 )
-from search.warm_start import FlopsCounter, uniform_plan_for_flops, warm_start_plans
+from search.warm_start import (
+    FlopsCounter,
+    global_magnitude_plan,
+    global_magnitude_schedule,
+    uniform_plan_for_flops,
+    warm_start_plans,
+)
+from tests.search_tests.conftest import Baseline
 
 INPUT = (3, 16, 16)
 
@@ -136,3 +143,36 @@ def test_uniform_plan_for_flops_meets_the_budget(network, target: float) -> None
         by_width.setdefault(group.channels, set()).add(plan.keep.get(group.name, group.channels))
     assert all(len(counts) == 1 for counts in by_width.values())  # one ratio for all
     assert by_width[16] != {16} and by_width[64] != {64}
+
+
+def test_global_magnitude_schedule_only_narrows_down_to_the_floors(baseline: Baseline) -> None:
+    x = baseline.splits.example_input()
+    groups = prunable_groups(baseline.model, x, round_to=8)
+
+    schedule = global_magnitude_schedule(baseline.model, x, groups, round_to=8, steps=20)
+
+    assert len(schedule) == 21
+    assert schedule[0] == {g.name: g.channels for g in groups}
+    for wider, narrower in zip(schedule, schedule[1:], strict=False):
+        assert all(narrower[name] <= wider[name] for name in wider)
+    assert len({tuple(widths.values()) for widths in schedule}) > 5  # it narrows in steps
+    floors = {g.name: -(-max(g.min_keep, 8) // 8) * 8 for g in groups}  # multiples of 8
+    assert all(schedule[-1][g.name] <= floors[g.name] for g in groups)  # pruned to the floors
+    assert len(set(schedule[len(schedule) // 2].values())) > 1  # layers keep different widths
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_global_magnitude_plan_of_a_trained_network_uses_the_budget(
+        baseline: Baseline, target: float) -> None:
+    """On a trained network Torch-Pruning's one-step global ratio is not monotone (with a
+    channel multiple of 8, a 25% budget found no plan at all): the stepped schedule is."""
+    model, x = baseline.model, baseline.splits.example_input()
+    groups = prunable_groups(model, x, round_to=8)
+    counter = FlopsCounter(model, x)
+
+    plan = global_magnitude_plan(model, x, groups,
+                                 lambda plan: counter(plan) <= target * counter.baseline, 8)
+
+    assert plan is not None and plan.drop_blocks == []
+    assert 0.8 * target * counter.baseline < counter(plan) <= target * counter.baseline
+    _check_bounds(plan, groups, 8)
