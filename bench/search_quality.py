@@ -1,7 +1,7 @@
 """Benchmark the search on Fashion-MNIST: does warm-started multi-fidelity TPE find better
 pruned networks than the other searches and the one-shot recipes, for the same compute?
 
-    python bench/search_quality.py [--profile quick|cpu|cpu-lean|gpu] [--resume] [--report-only]
+    python bench/search_quality.py [--profile quick|cpu|cpu-lean|cpu-56|gpu] [--resume] [--report-only]
                                    [--rows a,d,e] [--targets 0,1,2] [--jobs N] [--fresh-final]
                                    [--no-screen] [--baseline-per-seed]
 
@@ -32,8 +32,8 @@ baseline's FLOPs and 50% of its CPU latency (``max_flops_ratio``,
   (a-attn), (a-pls): (a) warm-started from attention alone, from PLS alone;
   (b) (a) without warm start; (c) GP; (d) random search (both multi-fidelity, cold);
   (e) uniform L1-magnitude pruning at the target, (f) Torch-Pruning's global
-      magnitude ranking: one plan each, the largest ratio that meets the target as
-      measured.
+      magnitude ranking, stepped as its benchmarks prune to a MACs target: one plan
+      each, the largest ratio (the fewest steps) that meets the target as measured.
 
 Equal compute, counted in fine-tune optimiser steps (batch ``batch_size``): every
 search row gets ``search_steps`` for its trials' short fine-tunes and its re-rank
