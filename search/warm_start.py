@@ -218,7 +218,7 @@ def global_magnitude_schedule(model: nn.Module, example_input: Tensor,
     ratio rises linearly to the groups' lowest floor, and ``max_pruning_ratio`` stops a
     group there. Stepped, as Torch-Pruning's own benchmarks prune to a MACs target: one
     step at a high ratio is not monotone (on a trained ResNet-20 with channel multiple 8,
-    ratio 0.6 leaves 33% of the MACs and ratio 0.75 leaves 52%, since a group whose
+    ratio 0.4 leaves 33% of the MACs and ratio 0.75 leaves 52%, since a group whose
     channels all fall under the global threshold is skipped whole), while every step
     only removes channels, so no width grows along the schedule. The model is not
     modified (a copy is pruned).
