@@ -1,9 +1,9 @@
 """Benchmark the search on Fashion-MNIST: does warm-started multi-fidelity TPE find better
 pruned networks than the other searches and the one-shot recipes, for the same compute?
 
-    python bench/search_quality.py [--profile quick|cpu|cpu-lean|cpu-56|gpu] [--resume] [--report-only]
-                                   [--rows a,d,e] [--targets 0,1,2] [--jobs N] [--fresh-final]
-                                   [--no-screen] [--baseline-per-seed]
+    python bench/search_quality.py [--profile quick|cpu|cpu-lean|cpu-56|gpu] [--resume]
+                                   [--report-only] [--rows a,d,e] [--targets 0,1,2] [--jobs N]
+                                   [--fresh-final] [--no-screen] [--baseline-per-seed]
 
 Data: Fashion-MNIST from its IDX files (``/usr/share/datasets/fashion-mnist``,
 Debian's dataset-fashion-mnist): validation (6,000) and calibration (3,000) carved
