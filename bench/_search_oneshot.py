@@ -1,11 +1,11 @@
 """The one-shot rows of ``bench/search_quality.py``: one plan at the target, (e) uniform
 L1 magnitude (``PrunePlan.uniform``) or (f) Torch-Pruning's global magnitude ranking
-(``BasePruner(global_pruning=True, iterative_steps=...)``, ``GroupMagnitudeImportance``,
-stepped until the target is met as Torch-Pruning's benchmarks do), the largest ratio
-(the fewest steps) that meets the target as measured (FLOPs, or CPU latency timed side
-by side with the baseline until the ratio is stable: the final timing a search row's
-delivered plan passes, ``search.final_timing.FinalTimer``), fine-tuned for the whole
-budget of a search row (search + final steps).
+(``search.warm_start.global_magnitude_pruner``: ``BasePruner(global_pruning=True)``,
+``GroupMagnitudeImportance``, stepped until the target is met as Torch-Pruning's
+benchmarks do), the largest ratio (the fewest steps) that meets the target as measured
+(FLOPs, or CPU latency timed side by side with the baseline until the ratio is stable:
+the final timing a search row's delivered plan passes, ``search.final_timing.FinalTimer``),
+fine-tuned for the whole budget of a search row (search + final steps).
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch_pruning as tp
 from _search_rows import ONE_SHOTS, TARGETS, Setup, final_tune, make_spec
 from torch import nn
 
 from core.spec import JobSpec
 from core.trial import is_feasible
-from models.groups import final_classifier
 from models.measure import measure_model
 from models.plan import PrunePlan, apply_plan
 from search.constraints import active_limits, violations
 from search.final_timing import FinalTimer
+from search.warm_start import global_magnitude_pruner
 
 Costs = Callable[[nn.Module], dict[str, float]]
 #: Steps of the (f) row's global pruning from nothing pruned to the floors.
@@ -102,11 +101,7 @@ def _pruner(setup: Setup, spec: JobSpec, row: str) -> Callable[[float], nn.Modul
         # ratio reached 25% of the MACs); steps only remove channels.
         model = copy.deepcopy(setup.model).eval()
         ratio = 1.0 - spec.search.min_keep_ratio
-        pruner = tp.pruner.BasePruner(
-            model, example, importance=tp.importance.GroupMagnitudeImportance(),
-            global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=ratio,
-            iterative_steps=GLOBAL_STEPS, ignored_layers=[final_classifier(model)],
-            round_to=round_to)
+        pruner = global_magnitude_pruner(model, example, ratio, GLOBAL_STEPS, round_to)
         for _ in range(round((1.0 - keep_ratio) / ratio * GLOBAL_STEPS)):
             pruner.step()
         return model

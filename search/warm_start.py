@@ -41,8 +41,9 @@ from models.importance import ImportanceScores
 from models.measure import count_flops_params
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
 
-__all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "global_magnitude_schedule",
-           "largest_fitting", "shaped_plan", "uniform_plan_for_flops", "warm_start_plans"]
+__all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "global_magnitude_pruner",
+           "global_magnitude_schedule", "largest_fitting", "shaped_plan",
+           "uniform_plan_for_flops", "warm_start_plans"]
 
 logger = logging.getLogger(__name__)
 
@@ -207,35 +208,45 @@ def shaped_plan(groups: Sequence[GroupInfo], blocks: Sequence[BlockInfo], fits: 
         lambda knob: _ranked_plan(groups, ranks, knob, dropped, spread, round_to), fits, steps)
 
 
+def global_magnitude_pruner(model: nn.Module, example_input: Tensor, ratio: float,
+                            steps: int, round_to: int = 1) -> tp.pruner.BasePruner:
+    """Torch-Pruning's global magnitude pruning of ``model`` (in place), stepped.
+
+    ``BasePruner(global_pruning=True)`` with ``GroupMagnitudeImportance``: each
+    ``step()`` ranks the channels of all groups together; the pruning ratio rises
+    linearly to ``ratio`` over ``steps`` steps, and ``max_pruning_ratio`` stops a group
+    at ``ratio``. The final classifier keeps its outputs.
+    """
+    classifier = final_classifier(model)
+    return tp.pruner.BasePruner(
+        model, example_input, importance=tp.importance.GroupMagnitudeImportance(),
+        global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=ratio,
+        iterative_steps=steps,
+        ignored_layers=[classifier] if classifier is not None else [], round_to=round_to)
+
+
 def global_magnitude_schedule(model: nn.Module, example_input: Tensor,
                               groups: Sequence[GroupInfo], round_to: int = 1,
                               steps: int = GLOBAL_STEPS) -> list[dict[str, int]]:
     """The widths Torch-Pruning's global magnitude pruning leaves after each of its steps.
 
-    ``BasePruner(global_pruning=True, iterative_steps=steps)`` with
-    ``GroupMagnitudeImportance`` ranks the channels of all groups together at every step,
-    so layers with weak filters lose more (the classic global L1 baseline); its pruning
-    ratio rises linearly to the groups' lowest floor, and ``max_pruning_ratio`` stops a
-    group there. Stepped, as Torch-Pruning's own benchmarks prune to a MACs target: one
-    step at a high ratio is not monotone (on a trained ResNet-20 with channel multiple 8,
-    ratio 0.4 leaves 33% of the MACs and ratio 0.75 leaves 52%, since a group whose
-    channels all fall under the global threshold is skipped whole), while every step
-    only removes channels, so no width grows along the schedule. The model is not
-    modified (a copy is pruned).
+    ``global_magnitude_pruner`` stepped down to the groups' lowest floor: the channels
+    of all groups are ranked together, so layers with weak filters lose more (the
+    classic global L1 baseline). Stepped, as Torch-Pruning's own benchmarks prune to a
+    MACs target: one step at a high ratio is not monotone (on a trained ResNet-20 with
+    channel multiple 8, ratio 0.4 leaves 33% of the MACs and ratio 0.75 leaves 52%, since
+    a group whose channels all fall under the global threshold is skipped whole), while
+    every step only removes channels, so no width grows along the schedule. The model
+    is not modified (a copy is pruned).
 
     Returns:
         ``steps + 1`` width maps, group name -> channels kept: before the first step
         (nothing pruned), then after each step.
     """
     pruned = copy.deepcopy(model).eval()
-    classifier = final_classifier(pruned)
     floor = min((group.min_keep / group.channels for group in groups), default=0.0)
-    ratio = max(0.0, 1.0 - floor)
-    pruner = tp.pruner.BasePruner(
-        pruned, example_input, importance=tp.importance.GroupMagnitudeImportance(),
-        global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=ratio,
-        iterative_steps=steps,
-        ignored_layers=[classifier] if classifier is not None else [], round_to=round_to)
+    pruner = global_magnitude_pruner(pruned, example_input, max(0.0, 1.0 - floor), steps,
+                                     round_to)
     modules = dict(pruned.named_modules())
 
     def widths() -> dict[str, int]:
