@@ -103,6 +103,24 @@ def test_a_plan_under_counted_limits_is_widened_onto_them_when_only_accuracy_cou
     assert PlanProjection(model, x, limits, space, accuracy_only=True)(shallow) is shallow
 
 
+@pytest.mark.parametrize("share", [0.2, 0.22, 0.35])
+def test_a_plan_its_factor_cannot_take_onto_the_limit_is_filled_onto_it(network, share) -> None:
+    model, x, space = network
+    flops, _ = count_flops_params(model, (3, 16, 16))
+    # Half of every stage-1 and stage-2 width, three quarters of stage 3: on a grid of 8,
+    # one factor for all moves stage 3 first and then every stage-2 group at once.
+    shares = {16: 8, 32: 16, 64: 48}
+    plan = space.to_plan({g.name: shares[g.channels] for g in space.groups},
+                         ["layer1.1", "layer3.2"])
+    limit = share * flops
+    projected = PlanProjection(model, x, [Limit("max_flops_ratio", "flops", limit)], space,
+                               accuracy_only=True)(plan)
+    assert _on_the_grid(space, projected) and projected.drop_blocks == plan.drop_blocks
+    kept = _counts(model, x, projected)[0]
+    # One factor alone left 0.158 of the FLOPs under 0.2 and 0.22, 0.29 under 0.35.
+    assert 0.95 * limit < kept <= limit
+
+
 def test_nothing_is_widened_when_costs_count_or_a_limit_is_timed(network) -> None:
     model, x, space = network
     flops, _ = count_flops_params(model, (3, 16, 16))
