@@ -30,10 +30,11 @@ channels per stage moves only when its factor takes a stage-3 group to 56 (x1.17
 the next step, x1.25, takes every stage-2 group to 24 as well: such a plan held 0.197 of
 the FLOPs under a 0.25 limit in the ResNet-56 benchmark, and the search finalised it in
 all three seeds; eight random ResNet-56 plans scaled onto a 0.25 limit held 0.10 to 0.25
-of the FLOPs, and 0.29 to 0.50 under a 0.5 limit. So, when widening, the plan scaled onto the limits (from under or over
-them) is then filled: single grid steps of one group each, the group with the smallest
-share of its own width first (water-filling, so the shape the factor kept is bent as
-little as the grid allows), taken for as long as the plan fits. The longest fitting run
+of the FLOPs, and 0.29 to 0.50 under a 0.5 limit. So, when widening, the plan scaled
+onto the limits (from under or over them) is then filled: single grid steps of one
+group each, the group with the smallest share of its own width first (water-filling, so
+the shape the factor kept is bent as little as the grid allows), taken for as long as
+the plan fits. The longest fitting run
 of such steps is found by galloping then bisection, and when a group's step breaks a
 limit that group is passed over and the rest are tried again, as a cheaper group's step
 may still fit, for at most ``FILL_CHECKS`` checks (each check prunes and counts a
