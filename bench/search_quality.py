@@ -10,7 +10,9 @@ Debian's dataset-fashion-mnist): validation (6,000) and calibration (3,000) carv
 from the 60,000 training images, the official 10,000 test images whole; the
 training split cut to its first N images (a seeded shuffle) in the CPU profiles.
 The unpruned network is trained once per profile and cached (with its metrics and
-importance scores) under ``bench/out/cache/``, so a rerun skips it. Every seed prunes
+importance scores) under ``bench/out/cache/``, so a rerun skips it; where its weights are
+committed under ``bench/baselines/`` (cpu-56's seed-0 ResNet-56, 88.91% test), every host
+prunes those, as hosts train different networks from one seed. Every seed prunes
 that one network (trained with seed 0), unless ``--baseline-per-seed``: then seed s
 prunes a network trained with seed s, so the spread over the seeds holds the
 baseline's own (a host with other floating-point kernels trains another seed-0
