@@ -34,14 +34,14 @@ of the FLOPs, and 0.29 to 0.50 under a 0.5 limit. So, when widening, the plan sc
 onto the limits (from under or over them) is then filled: single grid steps of one
 group each, the group with the smallest share of its own width first (water-filling, so
 the shape the factor kept is bent as little as the grid allows), taken for as long as
-the plan fits. The longest fitting run
-of such steps is found by galloping then bisection, and when a group's step breaks a
-limit that group is passed over and the rest are tried again, as a cheaper group's step
-may still fit, for at most ``FILL_CHECKS`` checks (each check prunes and counts a
-network: 0.1 to 0.2 s for ResNet-56 on this machine's CPU). A plan already using
-``FILLED`` of a limit is neither widened nor filled, so projecting a projected plan
-again mostly leaves it as it is. Filled, the same eight plans held 0.246 to 0.250 and
-0.496 to 0.500, for about 2.7 s more each.
+the plan fits. The longest fitting run of such steps is found by galloping then
+bisection, and when a group's step breaks a limit that group is passed over and the
+rest are tried again, as a cheaper group's step may still fit, for at most
+``FILL_CHECKS`` checks (each check prunes and counts a network: 0.1 to 0.2 s for
+ResNet-56 on this machine's CPU). A plan already using ``FILLED`` of a limit is neither
+widened nor filled, so projecting a projected plan again mostly leaves it as it is.
+Filled, the same eight plans held 0.246 to 0.250 and 0.496 to 0.500, for about 2.7 s
+more each.
 
 What Optuna learns: a trial's parameters cannot change after they are suggested,
 so the sampler keeps the parameters it proposed and learns the value of their
