@@ -193,10 +193,5 @@ def _water_steps(groups: Sequence[GroupRange], keep: dict[str, int],
             return steps
         name = min(open_groups,
                    key=lambda name: (widths[name] / ranges[name].channels, order[name]))
-        group = ranges[name]
-        # the next width on the grid (a width off it moves onto it)
-        wider = group.keep_for_units((widths[name] - group.low) // group.step + 1)
-        if wider <= widths[name]:
-            wider = group.channels
-        widths[name] = wider
-        steps.append((name, wider))
+        widths[name] = ranges[name].wider(widths[name])
+        steps.append((name, widths[name]))

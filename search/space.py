@@ -78,6 +78,11 @@ class GroupRange:
     def units_for_keep(self, keep: int) -> int:
         return max(0, min(self.units(), round((keep - self.low) / self.step)))
 
+    def wider(self, keep: int) -> int:
+        """The next width on the grid above ``keep`` (below the full width); a width off
+        the grid moves onto it."""
+        return self.keep_for_units(max(0, (keep - self.low) // self.step + 1))
+
     def keep_for_ratio(self, ratio: float) -> int:
         return self.keep_for_units(self.units_for_keep(math.ceil(ratio * self.channels)))
 
