@@ -4,6 +4,7 @@ of groups inside dropped blocks are not sampled."""
 from __future__ import annotations
 
 import copy
+import random
 
 import optuna
 import pytest
@@ -18,6 +19,7 @@ from search.projection import PlanProjection
 from search.space import DROP_PREFIX, KEEP_PREFIX, SearchSpace
 from search.study import enqueue_plans
 from tests.search_tests.conftest import make_spec
+from tests.support.networks import ScaledNet
 
 ROUND_TO = 8
 
@@ -165,3 +167,46 @@ def test_a_plan_that_drops_blocks_is_enqueued_without_their_widths(network) -> N
     [trial] = study.get_trials(states=(TrialState.COMPLETE,))
     assert trial.user_attrs["warm_start"] == "deep"
     assert space.to_plan(*space.suggest(optuna.trial.FixedTrial(trial.params))) == plan
+
+
+@pytest.mark.parametrize("accuracy_only", [True, False])
+def test_counting_plans_from_their_widths_projects_them_as_pruning_them_does(
+        network, accuracy_only) -> None:
+    """The projection's checks count plans from their widths (``models.plan_count``):
+    the plans it gives are those it gave when every check pruned and counted a copy."""
+    model, x, space = network
+    flops, params = count_flops_params(model, (3, 16, 16))
+    rng = random.Random(1)
+    plans = [space.to_plan({g.name: rng.choice(range(ROUND_TO, g.channels + 1, ROUND_TO))
+                            for g in space.groups},
+                           [b for b in space.blocks if rng.random() < 0.3]) for _ in range(4)]
+    for limits in ([Limit("max_flops_ratio", "flops", 0.25 * flops)],
+                   [Limit("max_flops_ratio", "flops", 0.5 * flops),
+                    Limit("max_params_ratio", "params", 0.4 * params)]):
+        counted = PlanProjection(model, x, limits, space, accuracy_only=accuracy_only)
+        pruned = PlanProjection(model, x, limits, space, accuracy_only=accuracy_only,
+                                counted=False)
+        assert counted.fits is not None and counted.fits.counter is not None
+        for plan in plans:
+            assert counted(plan).fingerprint() == pruned(plan).fingerprint()
+        assert counted.fits.counter is not None  # every count was confirmed
+
+
+def test_a_plan_counted_wrong_from_its_widths_is_projected_on_pruned_networks() -> None:
+    """A layer the count does not model (``tests/models_tests/test_plan_count.py``): the
+    projected plan is confirmed on its pruned network, the difference seen, and the
+    projection made again with every check pruning a copy."""
+    torch.manual_seed(0)
+    model, x = ScaledNet(), torch.zeros(1, 3, 8, 8)
+    groups = prunable_groups(model, x, round_to=4)
+    space = SearchSpace.from_spec(groups, [], make_spec().search, round_to=4)
+    _, params = count_flops_params(model, (3, 8, 8))
+    limits = [Limit("max_params_ratio", "params", 0.5 * params)]
+    plan = space.to_plan({}, [])
+    counted = PlanProjection(model, x, limits, space, accuracy_only=True)
+    projected = counted(plan)
+    assert counted.fits is not None and counted.fits.counter is None
+    assert projected.fingerprint() == PlanProjection(
+        model, x, limits, space, accuracy_only=True, counted=False)(plan).fingerprint()
+    assert count_flops_params(apply_plan(copy.deepcopy(model), projected, x), (3, 8, 8))[1] \
+        <= 0.5 * params
