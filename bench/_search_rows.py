@@ -66,6 +66,9 @@ BASELINES = Path(__file__).parent / "baselines"
 TARGETS = (("flops 50%", {"max_flops_ratio": 0.5}),
            ("flops 25%", {"max_flops_ratio": 0.25}),
            ("latency 50%", {"max_latency_ratio": 0.5}))
+#: Limits seeding sizes plans to by measuring them (timing noise makes its plans vary).
+MEASURED_LIMITS = frozenset({"max_latency_ratio", "max_latency_ms", "max_memory_mb",
+                             "max_memory_ratio"})
 # name -> (sampler, warm-start scorers or None for a cold start); all multi-fidelity
 SEARCHES = {"(a) TPE warm": ("tpe", ["attention", "pls"]),
             "(a-attn) TPE warm attention": ("tpe", ["attention"]),
@@ -279,10 +282,16 @@ def _trial_log(trial: optuna.trial.FrozenTrial, baseline: dict[str, Any]) -> dic
 def _warm_start(setup: Setup, spec: JobSpec, space: SearchSpace, warm: list[str], row: str,
                 target: int) -> tuple[list[tuple[str, PrunePlan]], LatencyCache]:
     """The warm-start plans ``workers/prepare.py`` enqueues, and the latencies seeding sized
-    them with. They do not depend on the seed: made once per row and target (cached
-    beside the baseline), the seeds after the first reuse them and their timings."""
+    them with, cached beside the baseline. Under counted limits they do not depend on the
+    seed: made once per row and target, the seeds after the first reuse them. Under a
+    latency limit seeding sizes plans by timing them, and one noisy timing can change a
+    plan's depth (cpu-56 at 50% latency: the first ``probe`` plan dropped 15 blocks for (a)
+    and 14 for (a-attn), and every seed of each finalised it), so each seed seeds anew, as
+    each job would, and the spread over the seeds holds the seeding's."""
     profile = setup.profile
-    path = setup.cache / f"seeds-{setup.key}-{row.split(')')[0][1:]}-{target}.json"
+    timed = any(name in MEASURED_LIMITS for name in TARGETS[target][1])
+    path = setup.cache / (f"seeds-{setup.key}-{row.split(')')[0][1:]}-{target}"
+                          + (f"-seed{spec.seed}" if timed else "") + ".json")
     measured = LatencyCache()
     if path.exists():
         stored = json.loads(path.read_text())
