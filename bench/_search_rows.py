@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 import search.objective as objective_module
+from core.limits import LIMIT_METRICS
 from core.spec import JobSpec
 from core.trial import TrialRecord, plan_key
 from models import build_model
@@ -45,7 +46,7 @@ from models.datasets import DataSplits, load_dataset
 from models.importance import ImportanceScores, ScoreCache, cached_score, dataset_identity
 from models.plan import PrunePlan, prunable_groups, removable_blocks
 from models.train import TrainConfig, evaluate, fine_tune, train_baseline
-from search.costs import LatencyCache
+from search.costs import COUNTED_METRICS, LatencyCache
 from search.delivery import Delivery, feasible_ranked
 from search.final_timing import FinalTimer
 from search.objective import Objective, SearchContext, measure_baseline
@@ -67,8 +68,8 @@ TARGETS = (("flops 50%", {"max_flops_ratio": 0.5}),
            ("flops 25%", {"max_flops_ratio": 0.25}),
            ("latency 50%", {"max_latency_ratio": 0.5}))
 #: Limits seeding sizes plans to by measuring them (timing noise makes its plans vary).
-MEASURED_LIMITS = frozenset({"max_latency_ratio", "max_latency_ms", "max_memory_mb",
-                             "max_memory_ratio"})
+MEASURED_LIMITS = frozenset(name for name, (metric, _) in LIMIT_METRICS.items()
+                            if metric not in COUNTED_METRICS)
 # name -> (sampler, warm-start scorers or None for a cold start); all multi-fidelity
 SEARCHES = {"(a) TPE warm": ("tpe", ["attention", "pls"]),
             "(a-attn) TPE warm attention": ("tpe", ["attention"]),

@@ -49,10 +49,15 @@ class _Layer:
     out_cuts: list[tuple[str, float]] = field(default_factory=list)
     in_cuts: list[tuple[str, float]] = field(default_factory=list)
     positions: int = 0  # output positions per sample of a conv or linear layer
+    #: (output, input) features of the unpruned layer (``_features``)
+    features: tuple[int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.features = _features(self.module)
 
     def dims(self, removed: dict[str, int]) -> tuple[int, int]:
         """Output and input features after ``removed`` channels of each group."""
-        out_dim, in_dim = _features(self.module)
+        out_dim, in_dim = self.features
         out_dim -= round(sum(removed.get(group, 0) * share for group, share in self.out_cuts))
         in_dim -= round(sum(removed.get(group, 0) * share for group, share in self.in_cuts))
         return out_dim, in_dim
@@ -78,7 +83,7 @@ class _Layer:
         params = 0
         for parameter in module.parameters(recurse=False):
             full = parameter.numel()
-            params += out_dim if parameter.dim() == 1 and full == _features(module)[0] else full
+            params += out_dim if parameter.dim() == 1 and full == self.features[0] else full
         return 0, params
 
 

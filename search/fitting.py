@@ -28,10 +28,10 @@ from models.importance import ImportanceScores
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
 from models.plan_count import PlanCounter
 from search.constraints import Limit
-from search.costs import RETIME_WITHIN, Aim, CostModel, LatencyTimer
+from search.costs import COUNTED_METRICS, RETIME_WITHIN, Aim, CostModel, LatencyTimer
 from search.warm_start import shaped_plan
 
-__all__ = ["COUNTED_METRICS", "MEASURED_MARGIN", "MEASURED_STEPS", "PlanFit", "fitted_plans"]
+__all__ = ["MEASURED_MARGIN", "MEASURED_STEPS", "PlanFit", "fitted_plans"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 MEASURED_MARGIN = 0.03
 #: Bisection steps on the width knob when every step is a timing.
 MEASURED_STEPS = 8
-#: Limits a ``counted`` fit counts from a plan's widths (``models.plan_count``).
-COUNTED_METRICS = frozenset({"flops", "params"})
 
 
 class PlanFit:
@@ -56,7 +54,7 @@ class PlanFit:
             with ``model``, as trials are, and trials may reuse those timings
             (``latency``).
         counted: count FLOPs and parameters from the plans' widths when every limit is
-            on them (``COUNTED_METRICS``); the caller confirms the plan it settles on.
+            on them (none measured); the caller confirms the plan it settles on.
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor, limits: Sequence[Limit],
@@ -71,8 +69,7 @@ class PlanFit:
         self._records: dict[str, dict[str, Any]] = {}
         #: Counts plans from their widths; None: every plan's network is pruned and counted.
         self.counter = (PlanCounter(model, example_input)
-                        if counted and limits and all(limit.metric in COUNTED_METRICS
-                                                      for limit in limits) else None)
+                        if counted and limits and not self.measured else None)
 
     def metrics(self, plan: PrunePlan) -> dict[str, Any]:
         """The limited quantities (and FLOPs) of the plan's pruned network
