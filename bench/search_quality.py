@@ -4,6 +4,7 @@ pruned networks than the other searches and the one-shot recipes, for the same c
     python bench/search_quality.py [--profile quick|cpu|cpu-lean|cpu-56|gpu] [--resume]
                                    [--report-only] [--rows a,d,e] [--targets 0,1,2] [--jobs N]
                                    [--fresh-final] [--no-screen] [--baseline-per-seed]
+                                   [--deadline-minutes M]
 
 Data: Fashion-MNIST from its IDX files (``/usr/share/datasets/fashion-mnist``,
 Debian's dataset-fashion-mnist): validation (6,000) and calibration (3,000) carved
@@ -253,6 +254,8 @@ def main() -> None:
     parser.add_argument("--baseline-per-seed", action="store_true",
                         help="each seed's rows prune a baseline trained with that seed, not "
                              "all the seed-0 baseline (its own JSON and table)")
+    parser.add_argument("--deadline-minutes", type=float, default=None,
+                        help="start no unit after this many minutes (the gpu profile: 6.5)")
     parser.add_argument("--report-only", action="store_true",
                         help="print the tables of the JSON as it stands")
     args = parser.parse_args()
@@ -261,6 +264,8 @@ def main() -> None:
         profile = replace(profile, targets=tuple(int(t) for t in args.targets.split(",")))
     if args.jobs:
         profile = replace(profile, jobs=args.jobs)
+    if args.deadline_minutes is not None:
+        profile = replace(profile, deadline_minutes=args.deadline_minutes)
     if args.fresh_final:
         profile = replace(profile, name=f"{profile.name}-fresh-final", continue_rerank=False)
     if args.no_screen:
