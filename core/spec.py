@@ -232,8 +232,14 @@ class FineTuneSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_trial_budget(self) -> FineTuneSpec:
-        if self.trial_steps is not None and "trial_epochs" in self.model_fields_set:
+        if self.trial_steps is None:
+            return self
+        if "trial_epochs" in self.model_fields_set and self.trial_epochs != 0:
             raise ValueError("give trial_steps or trial_epochs, not both")
+        # With steps a trial trains no whole epochs (``trial_budget``): 0 says so in the
+        # stored spec, which a worker validates again (a dump with the default 2 beside
+        # trial_steps would read as both).
+        self.trial_epochs = 0
         return self
 
     def trial_budget(self) -> dict[str, int]:

@@ -18,8 +18,9 @@ from dataclasses import replace
 from types import FrameType
 
 import torch
+from pydantic import ValidationError
 
-from core.errors import TopiaryError, TrainingCancelled
+from core.errors import InvalidSpecError, TopiaryError, TrainingCancelled
 from service.config import Settings
 from service.db import create_engine_for
 from service.errors import InvalidTransitionError
@@ -43,6 +44,12 @@ from workers.runtime import JobRun, WorkerRuntime
 from workers.search_phase import search
 
 log = logging.getLogger("topiary.worker")
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "spec"
+    return f"{where}: {first['msg']}"
 
 
 def failure_of(error: BaseException, spec_batch: int | None = None) -> tuple[str, str]:
@@ -147,7 +154,18 @@ class Worker:
             raise
 
     def work_on(self, job: ClaimedJob) -> None:
-        run = self.runtime.start_run(job)
+        try:
+            run = self.runtime.start_run(job)
+        except ValidationError as error:
+            # The server checked this spec, but this worker reads it otherwise (another
+            # version of Topiary): the job fails with the reason, and the worker goes on
+            # (retried, such a job would end every worker that claims it).
+            message = (f"this worker cannot read the job's spec ({error.error_count()} "
+                       f"error(s): {_first_error(error)}); is it running another version of "
+                       "Topiary than the server? Resubmit the job once they match")
+            log.error("job %s failed: %s", job.id, message)
+            self._fail_job(job.id, InvalidSpecError.code, message)
+            return
         self.heartbeat.watch(run)
         log.info("worker %s took job %s (%s)", self.worker_id, job.id, job.status)
         try:
@@ -204,9 +222,12 @@ class Worker:
             release_lease(engine, job_id, self.worker_id)
 
     def _fail(self, run: JobRun, code: str, message: str) -> None:
+        self._fail_job(run.job.id, code, message)
+
+    def _fail_job(self, job_id: str, code: str, message: str) -> None:
         try:
-            retry_through_outage(lambda: fail_job(self.runtime.engine, run.job.id, code, message),
-                                 f"failing job {run.job.id}")
+            retry_through_outage(lambda: fail_job(self.runtime.engine, job_id, code, message),
+                                 f"failing job {job_id}")
         except InvalidTransitionError:
             pass
 

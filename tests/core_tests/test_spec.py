@@ -65,8 +65,29 @@ def test_trial_budget_is_epochs_or_steps_not_both() -> None:
     assert _spec().fine_tune.trial_budget() == {"epochs": 2}
     steps = _spec(fine_tune={"trial_steps": 300})
     assert steps.fine_tune.trial_budget() == {"epochs": 0, "steps": 300}
+    assert _spec(fine_tune={"trial_steps": 300, "trial_epochs": 0}) == steps
     with pytest.raises(ValidationError, match="not both"):
         _spec(fine_tune={"trial_steps": 300, "trial_epochs": 1})
+
+
+@pytest.mark.parametrize("sections", [
+    {},
+    {"fine_tune": {"trial_steps": 300, "final_epochs": 3, "optimizer": "adamw"}},
+    {"dataset": {"name": "imagefolder", "root": "pets", "image_size": 96, "preprocessing": {
+        "normalization": "custom", "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.2],
+        "augmentation": "random_resized_crop"}}, "model": {
+        "arch": "resnet18", "num_classes": 37, "arguments": {"small_input": True}}},
+    {"objective": {"mode": "pareto", "pareto_memory": True,
+                   "pick": {"limit": {"max_latency_ratio": 0.6}}},
+     "latency": {"runtime": "onnxruntime", "batch_size": 8, "threads": 2}},
+    {"objective": {"mode": "weighted", "weights": {"latency": 1.0, "memory": 0.2}},
+     "search": {"sampler": "gp", "n_trials": 7, "fidelity": {"mode": "single"}}},
+])
+def test_a_stored_spec_validates_again_as_the_same_spec(sections: dict[str, Any]) -> None:
+    """The server stores ``model_dump(mode="json")`` and a worker validates that again: a
+    spec that does not survive the trip ends every worker that claims its job."""
+    spec = _spec(**sections)
+    assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
 
 
 def test_training_settings_carry_the_recipe() -> None:

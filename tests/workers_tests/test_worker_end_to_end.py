@@ -6,16 +6,26 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from core.catalog import CHECKPOINT_FORMATS
+from core.spec import JobSpec
 from models import load_dataset
 from models.checkpoints import sha256_file
 from models.export import load_pruned
 from search.storage import open_storage
 from service.db import session_scope
-from service.jobs import Artifact, JobStatus, get_job, list_events, request_cancel
+from service.jobs import (
+    Artifact,
+    Job,
+    JobStatus,
+    get_job,
+    list_events,
+    request_cancel,
+    submit_job,
+)
 from service.tenants import get_or_create_tenant
+from tests.support import tiny_spec
 from tests.support.cluster import PHASE_POINTS
 from tests.workers_tests.conftest import submit
 from workers.worker import Worker
@@ -64,6 +74,32 @@ def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite
     phases = [event.message for event in events if event.kind == "phase"]
     for point, (_status, prefix) in PHASE_POINTS.items():
         assert any(phase.startswith(prefix) for phase in phases), (point, phases)
+
+
+def test_a_spec_the_worker_cannot_read_fails_its_job_and_the_worker_goes_on(
+        sqlite_settings, sqlite_engine) -> None:
+    tenant = get_or_create_tenant(sqlite_engine, "acme")
+    # A field this worker does not know: the spec of a newer server.
+    unreadable = submit(sqlite_engine, sqlite_settings, tenant.id)
+    with session_scope(sqlite_engine) as session:
+        session.execute(update(Job).where(Job.id == unreadable).values(
+            spec={**get_job(sqlite_engine, unreadable).spec, "priority": "high"}))
+    # Trials of optimiser steps: the stored spec holds trial_epochs too, which once read as
+    # "both" in the worker and ended it.
+    spec = tiny_spec(search={"n_trials": 2})
+    spec["fine_tune"] = {**spec["fine_tune"], "trial_steps": 3}
+    del spec["fine_tune"]["trial_epochs"]
+    with session_scope(sqlite_engine) as session:
+        stepped = submit_job(session, tenant.id, JobSpec.model_validate(spec),
+                             data_root=sqlite_settings.data_root, max_active_jobs=100).id
+    Worker(sqlite_settings, device="cpu", threads=1).run_forever(exit_when_idle=True)
+
+    job = get_job(sqlite_engine, unreadable)
+    assert job.status == JobStatus.FAILED.value and job.error_code == "invalid_spec"
+    assert "priority" in job.error_message and "version" in job.error_message
+    job = get_job(sqlite_engine, stepped)
+    assert job.status == JobStatus.SUCCEEDED.value, (job.error_code, job.error_message)
+    assert job.spec["fine_tune"]["trial_steps"] == 3
 
 
 def test_no_feasible_plan_fails_the_job_with_a_reason(sqlite_settings, sqlite_engine) -> None:
