@@ -38,11 +38,13 @@ def baseline_model(runtime: WorkerRuntime, run: JobRun, splits: DataSplits) -> n
         load_weights(model, path)
     else:
         epochs = spec.fine_tune.baseline_epochs
-        runtime.phase(run, f"training a baseline for {epochs} epochs (no weights given)")
+        phase = f"training a baseline for {epochs} epochs (no weights given)"
+        runtime.phase(run, phase)
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             runtime.event(run, "baseline", f"baseline epoch {epoch}/{epochs}: val accuracy "
                           f"{metrics.get('val_accuracy', 0.0):.3f}", metrics)
+            runtime.epoch_done(run, phase, epoch, epochs, metrics)
 
         settings = {**spec.fine_tune.training_settings(),
                     "learning_rate": max(spec.fine_tune.learning_rate, 0.05)}

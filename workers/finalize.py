@@ -103,13 +103,15 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
         return False
     epochs = spec.fine_tune.final_epochs
     continued = weights.restore(plan_key(trial.plan), model)
-    runtime.phase(run, f"fine-tuning {which} for {epochs} "
-                       f"epochs{' with distillation' if spec.fine_tune.distill else ''}"
-                       f"{', going on from its re-rank' if continued else ''}")
+    phase = (f"fine-tuning {which} for {epochs} "
+             f"epochs{' with distillation' if spec.fine_tune.distill else ''}"
+             f"{', going on from its re-rank' if continued else ''}")
+    runtime.phase(run, phase)
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         runtime.event(run, "final", f"final fine-tune epoch {epoch}/{epochs}: val accuracy "
                       f"{metrics.get('val_accuracy', 0.0):.3f}", metrics)
+        runtime.epoch_done(run, phase, epoch, epochs, metrics)
 
     fine_tune(model, context.splits, epochs,
               teacher=context.model if spec.fine_tune.distill else None, callback=report,

@@ -68,3 +68,11 @@ class WorkerRuntime:
     def phase(self, run: JobRun, detail: str) -> None:
         set_phase(self.engine, run.job.id, detail)
         self.event(run, "phase", detail)
+
+    def epoch_done(self, run: JobRun, phase: str, epoch: int, epochs: int,
+                   metrics: dict[str, float]) -> None:
+        """How far a training phase is, as the job's phase (no event: the caller logs the
+        epoch its own way). A baseline or final epoch on real data takes minutes, and the
+        job page and ``topiary status`` show the phase."""
+        set_phase(self.engine, run.job.id, f"{phase}: epoch {epoch}/{epochs} done, val "
+                                           f"accuracy {metrics.get('val_accuracy', 0.0):.3f}")
