@@ -16,6 +16,15 @@ multiples of 1, 4, 8 and 16, and timed side by side with the unpruned one at bat
 in ONNX Runtime and OpenVINO; latency per MAC kept, relative to ``round_to`` 1,
 says what the multiple buys. ``core.spec.CPU_ROUND_TO`` was chosen from this table.
 
+``--mode threads``: how far one trial's timing can be trusted at each intra-op thread
+count. A uniformly pruned network (``--keeps``, default 0.5) is timed side by side with
+the unpruned one as a trial times it (``compare_in_runtime``, 5 warm-up and ``--runs``
+passes, default 30), ``--repeats`` times (default 10) at each thread count from 1 to the
+cores, in each runtime: the median ratio, the spread of the ratios (smallest to largest)
+and the unpruned network's median time. A search sizes plans and keeps trials on single
+timings, so a wide spread is a search misled by noise. ``SIZES`` plus cifar_resnet20 at
+28x28 (Fashion-MNIST); run it on an otherwise idle machine.
+
 ``--mode jobs`` and ``--mode limits`` run real jobs (``bench/_latency_jobs.py``).
 """
 
@@ -43,7 +52,8 @@ from models.runtimes import (  # noqa: E402
     compare_in_runtime,
 )
 
-SIZES = {"cifar_resnet56": 32, "resnet18": 112, "mobilenet_v2": 112}
+SIZES = {"cifar_resnet56": 32, "resnet18": 112, "mobilenet_v2": 112, "cifar_resnet20": 28}
+DEFAULT_ARCHS = ["cifar_resnet56", "resnet18", "mobilenet_v2"]
 
 
 def _network(arch: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
@@ -132,11 +142,50 @@ def round_to_table(options: argparse.Namespace) -> None:
     print(f"# {time.time() - began:.0f} s")
 
 
+def threads_table(options: argparse.Namespace) -> None:
+    """The spread of single side-by-side timings at each thread count (``--mode threads``)."""
+    cores = len(os.sched_getaffinity(0))
+    print(f"# CPU, {cores} cores, load {os.getloadavg()[0]:.1f}; {options.repeats} timings of "
+          f"{options.runs} alternating passes each (as one trial's), ratio = pruned median / "
+          "unpruned median")
+    header = ["network", "keep", "runtime", "threads", "median ratio", "ratio spread",
+              "unpruned ms (min-max)"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    began = time.time()
+    for arch in options.archs:
+        model, shape = _network(arch)
+        example = torch.randn(1, *shape)
+        groups = prunable_groups(model, example)
+        for keep in options.keeps:
+            pruned = apply_plan(copy.deepcopy(model), PrunePlan.uniform(groups, keep), example)
+            for runtime in options.runtimes:
+                for threads in range(1, cores + 1):
+                    torch.set_num_threads(threads)
+                    ratios, bases = [], []
+                    for _ in range(options.repeats):
+                        reference, candidate = compare_in_runtime(
+                            model, pruned, shape, runtime, "cpu", warmup=5, runs=options.runs,
+                            threads=threads)
+                        ratios.append(candidate.median_ms / reference.median_ms)
+                        bases.append(reference.median_ms)
+                    row = [arch, f"{keep:.2f}", runtime, str(threads),
+                           f"{statistics.median(ratios):.2f}",
+                           f"{min(ratios):.2f}-{max(ratios):.2f}",
+                           f"{statistics.median(bases):.3f} ({min(bases):.3f}-{max(bases):.3f})"]
+                    print("| " + " | ".join(row) + " |", flush=True)
+    print(f"# {time.time() - began:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["table", "round-to", "jobs", "limits"],
+    parser.add_argument("--mode", choices=["table", "round-to", "threads", "jobs", "limits"],
                         default="table")
-    parser.add_argument("--archs", nargs="+", default=list(SIZES))
+    parser.add_argument("--archs", nargs="+", default=None,
+                        help="default: " + " ".join(DEFAULT_ARCHS)
+                             + " (threads mode: cifar_resnet20 and cifar_resnet56)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="threads mode: side-by-side timings at each thread count")
     parser.add_argument("--keeps", nargs="+", type=float, default=None,
                         help="default 0.75 0.5 0.25 (round-to: 0.5 0.4)")
     parser.add_argument("--round-to", nargs="+", type=int, default=[1, 4, 8, 16])
@@ -158,6 +207,13 @@ def main() -> None:
 
         run_mode(options)
         return
+    if options.mode == "threads":
+        options.archs = options.archs or ["cifar_resnet20", "cifar_resnet56"]
+        options.keeps = options.keeps or [0.5]
+        options.runs = 30 if options.runs == parser.get_default("runs") else options.runs
+        threads_table(options)
+        return
+    options.archs = options.archs or DEFAULT_ARCHS
     if options.mode == "round-to":
         options.keeps = options.keeps or [0.5, 0.4]
         round_to_table(options)

@@ -38,7 +38,8 @@ class LatencySpec(_Strict):
                                   "runtimes time float32")
     threads: int | None = Field(
         default=None, ge=1, le=256,
-        description="intra-op threads of every timing; null: the worker's thread count")
+        description="intra-op threads of every timing; null: on a CPU worker all its "
+                    "threads but one (at least 1), elsewhere the runtime's default")
     target: str | None = Field(
         default=None, pattern=f"^{AGENT_NAME_PATTERN}$",
         description="a latency agent's name: trials are exported to ONNX and timed by "

@@ -24,12 +24,18 @@ class WorkerDevice:
         description: the device model (GPU name, or CPU model and thread count), recorded
             with every latency; a job whose latency is timed runs its trials on one model.
         runtimes: the latency runtimes (``latency.runtime``) it can time in.
+        timing_threads: intra-op threads of a job's timings when its spec sets none
+            (``latency.threads``): on the CPU all of torch's threads but one, as a timing
+            that needs every core is stalled by anything else the machine runs (a trial's
+            single timing of a small network then spreads from 0.3 to 1.0 of the unpruned
+            one's, ``bench/latency.py --mode threads``); None on CUDA.
     """
 
     name: str
     type: str
     description: str
     runtimes: tuple[str, ...] = field(default=("torch",))
+    timing_threads: int | None = None
 
 
 def cpu_model() -> str:
@@ -61,5 +67,6 @@ def open_device(requested: str = "auto", threads: int | None = None) -> WorkerDe
         index = device.index if device.index is not None else torch.cuda.current_device()
         return WorkerDevice(f"cuda:{index}", "cuda", torch.cuda.get_device_name(index),
                             runtimes)
-    return WorkerDevice("cpu", "cpu", f"{cpu_model()} ({torch.get_num_threads()} threads)",
-                        runtimes)
+    threads = torch.get_num_threads()
+    return WorkerDevice("cpu", "cpu", f"{cpu_model()} ({threads} threads)", runtimes,
+                        timing_threads=max(1, threads - 1))

@@ -46,10 +46,20 @@ class WorkerRuntime:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def start_run(self, job: ClaimedJob) -> JobRun:
-        spec = JobSpec.model_validate(job.spec)
+        spec = self.with_timing_threads(JobSpec.model_validate(job.spec))
         assert self.settings.artifact_dir is not None  # Settings fills it in
         files = JobFiles.for_job(self.settings.artifact_dir, self.settings.home, job.id)
         return JobRun(job, spec, files)
+
+    def with_timing_threads(self, spec: JobSpec) -> JobSpec:
+        """``spec`` with the threads its timings use on this device, when it sets none
+        (``WorkerDevice.timing_threads``); a latency agent's timings keep the agent's."""
+        timing = spec.latency
+        if (timing.threads is not None or timing.target is not None
+                or self.device.timing_threads is None):
+            return spec
+        return spec.model_copy(update={"latency": timing.model_copy(
+            update={"threads": self.device.timing_threads})})
 
     def load_data(self, spec: JobSpec) -> DataSplits:
         root = None

@@ -83,8 +83,11 @@ class Worker:
         if runtimes is not None:
             worker_device = replace(worker_device, runtimes=tuple(
                 runtime for runtime in worker_device.runtimes if runtime in runtimes))
-        log.info("worker on %s times latency in %s", worker_device.description,
-                 ", ".join(worker_device.runtimes) or "no runtime")
+        log.info("worker on %s times latency in %s%s", worker_device.description,
+                 ", ".join(worker_device.runtimes) or "no runtime",
+                 "" if worker_device.timing_threads is None else
+                 f", on {worker_device.timing_threads} thread(s) unless a job sets "
+                 "latency.threads")
         worker_id = retry_through_outage(
             lambda: register_worker(engine, socket.gethostname(), worker_device.type,
                                     worker_device.description, pid=os.getpid(),
