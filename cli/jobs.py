@@ -1,4 +1,5 @@
-"""The ``topiary`` user commands that talk to a server: submit, status, trials, download, cancel.
+"""The ``topiary`` user commands that talk to a server: submit, status, trials, download,
+cancel, upload.
 
 They go through ``cli.client.TopiaryClient``; the server and key come from
 ``--server`` / ``--key`` or ``TOPIARY_SERVER`` / ``TOPIARY_KEY``. A user never sees
@@ -150,4 +151,18 @@ def cancel(job_id: JobIdArgument, server: ServerOption = DEFAULT_SERVER,
                       "training step", highlight=False)
 
 
-COMMANDS = (submit, status, trials, download, cancel)
+def upload(weights: Annotated[Path, typer.Argument(
+               help="the network's trained weights: a safetensors file or a torch.save-d "
+                    "state dict", show_default=False)],
+           server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None:
+    """Upload a trained network's weights to start a job from; prints the upload's id."""
+    with reported_errors(), TopiaryClient(server, key) as client:
+        uploaded = client.upload_weights(weights)
+    console.print(uploaded["id"], highlight=False)
+    errors.print(f"{uploaded['filename']} uploaded ({uploaded['tensor_count']} tensors, sha256 "
+                 f"{uploaded['sha256'][:12]}...); start a job from it with "
+                 f"`model: {{weights: {uploaded['id']}}}` in its spec (no baseline is then "
+                 "trained)", highlight=False)
+
+
+COMMANDS = (submit, status, trials, download, cancel, upload)

@@ -196,6 +196,25 @@ def test_upload_weights_returns_an_id(live_api: LiveApi, tmp_path: Path) -> None
             client.upload_weights(tmp_path / "missing.safetensors")
 
 
+def test_cli_upload_prints_the_id_a_spec_starts_from(live_api: LiveApi, tmp_path: Path) -> None:
+    weights = tmp_path / "trained.safetensors"
+    save_file({"conv.weight": np.ones((4, 3, 3, 3), dtype=np.float32)}, str(weights))
+    uploaded = invoke(live_api, "upload", str(weights))
+    assert uploaded.exit_code == 0, uploaded.output
+    upload_id = uploaded.stdout.strip()
+    assert f"model: {{weights: {upload_id}}}" in uploaded.stderr
+    with live_api.client() as client:
+        job = client.submit(tiny_spec(model={"arch": "cifar_resnet20", "weights": upload_id}))
+    assert job["spec"]["model"]["weights"] == upload_id
+
+    missing = invoke(live_api, "upload", str(tmp_path / "nope.safetensors"))
+    assert missing.exit_code == 2 and "does not exist" in one_red_line(missing)
+    not_weights = tmp_path / "notes.safetensors"
+    not_weights.write_text("not a tensor file")
+    refused = invoke(live_api, "upload", str(not_weights))
+    assert refused.exit_code == 1 and one_red_line(refused)
+
+
 # -- the CLI: bad input is one red line, never a traceback --------------------------------
 
 
