@@ -128,6 +128,8 @@ class DatasetInfo:
         augmentation: preset training augmentation, one of ``AUGMENTATIONS``.
         flip: preset random horizontal flip in training (not for digits: a mirrored
             2 is no 2).
+        labels: the name of each class, in label order, when the dataset fixes them
+            (None: read from the data, as CIFAR's meta file or an ImageFolder's folders).
     """
 
     name: str
@@ -141,9 +143,16 @@ class DatasetInfo:
     normalization: str = "cifar"
     augmentation: str = "pad_crop"
     flip: bool = True
+    labels: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+DIGIT_LABELS = tuple("0123456789")
+#: Zalando's names of Fashion-MNIST's labels 0-9 (its README).
+FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                        "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def _cifar_resnet(depth: int) -> ArchitectureInfo:
@@ -208,6 +217,7 @@ DATASETS: dict[str, DatasetInfo] = {
             normalization="centered",
             augmentation="none",
             flip=False,
+            labels=DIGIT_LABELS,
         ),
         DatasetInfo(
             name="mnist",
@@ -221,6 +231,7 @@ DATASETS: dict[str, DatasetInfo] = {
             normalization="mnist",
             augmentation="pad_crop",
             flip=False,
+            labels=DIGIT_LABELS,
         ),
         DatasetInfo(
             name="fashion_mnist",
@@ -234,6 +245,7 @@ DATASETS: dict[str, DatasetInfo] = {
             normalization="fashion_mnist",
             augmentation="pad_crop",
             flip=True,
+            labels=FASHION_MNIST_LABELS,
         ),
         DatasetInfo(
             name="cifar10",

@@ -13,6 +13,7 @@ from the dataset's preset with the spec's overrides (``models.data.presets``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class DataSplits:
         input_shape: (channels, height, width) of one network input.
         preprocessing: how an image becomes an input (None for data built elsewhere).
         loading: loader workers and the device batches go to.
+        labels: the class name of each output index (None: not known).
     """
 
     train: Dataset
@@ -62,6 +64,18 @@ class DataSplits:
     input_shape: tuple[int, int, int]
     preprocessing: Preprocessing | None = None
     loading: LoaderSettings = field(default_factory=LoaderSettings)
+    labels: tuple[str, ...] | None = None
+
+    def export_metadata(self) -> dict[str, Any] | None:
+        """What every export of a network trained on these splits carries: how to feed it
+        an image (``Preprocessing.to_metadata``) and, under ``labels``, the class name of
+        each of its outputs. None without a preprocessing."""
+        if self.preprocessing is None:
+            return None
+        metadata = self.preprocessing.to_metadata()
+        if self.labels is not None:
+            metadata["labels"] = list(self.labels)
+        return metadata
 
     def loader(self, split: str, batch_size: int = 64, shuffle: bool = False,
                seed: int = 0, augment: bool = False, persistent: bool = False) -> Batches:
@@ -143,11 +157,12 @@ def _split_indices(count: int, seed: int,
 
 def _splits(train: Dataset, val: Dataset, test: Dataset, calibration: Dataset,
             num_classes: int, preprocessing: Preprocessing,
-            loader_workers: int | None) -> DataSplits:
+            loader_workers: int | None, labels: Sequence[str] | None = None) -> DataSplits:
     size = preprocessing.image_size
     return DataSplits(train, val, test, calibration, num_classes,
                       (preprocessing.channels, size, size), preprocessing,
-                      LoaderSettings(workers=loader_workers))
+                      LoaderSettings(workers=loader_workers),
+                      tuple(labels) if labels is not None else None)
 
 
 def _digits(preprocessing: Preprocessing, seed: int, loader_workers: int | None) -> DataSplits:
@@ -163,7 +178,8 @@ def _digits(preprocessing: Preprocessing, seed: int, loader_workers: int | None)
     everything = TensorImages(images.contiguous(), labels, preprocessing)
     train, val, test, calibration = (
         everything.select(rows) for rows in _split_indices(len(labels), seed, (0.12, 0.12, 0.08)))
-    return _splits(train, val, test, calibration, 10, preprocessing, loader_workers)
+    return _splits(train, val, test, calibration, 10, preprocessing, loader_workers,
+                   DATASETS["digits"].labels)
 
 
 def _resized(images: np.ndarray, size: int) -> Tensor:
@@ -182,14 +198,15 @@ def _resized(images: np.ndarray, size: int) -> Tensor:
 
 def _in_memory(train_images: np.ndarray, train_labels: Any, test_images: np.ndarray,
                test_labels: Any, num_classes: int, preprocessing: Preprocessing, seed: int,
-               loader_workers: int | None) -> DataSplits:
+               loader_workers: int | None, labels: Sequence[str] | None) -> DataSplits:
     size = preprocessing.image_size
     full = TensorImages(_resized(train_images, size),
                         torch.from_numpy(np.asarray(train_labels, dtype=np.int64)), preprocessing)
     test = TensorImages(_resized(test_images, size),
                         torch.from_numpy(np.asarray(test_labels, dtype=np.int64)), preprocessing)
     train, val, calibration = (full.select(rows) for rows in _held_out(len(full), seed))
-    return _splits(train, val, test, calibration, num_classes, preprocessing, loader_workers)
+    return _splits(train, val, test, calibration, num_classes, preprocessing, loader_workers,
+                   labels)
 
 
 def _check_root(root: str | Path | None, name: str, expected: str) -> Path:
@@ -214,7 +231,7 @@ def _idx(name: str, root: str | Path | None, preprocessing: Preprocessing, seed:
         raise DatasetError(f"{name} under {str(path)!r} has labels up to {classes - 1}; "
                            "MNIST-style data has 10 classes")
     return _in_memory(train_images, train_labels, test_images, test_labels, 10,
-                      preprocessing, seed, loader_workers)
+                      preprocessing, seed, loader_workers, DATASETS[name].labels)
 
 
 def _cifar(name: str, root: str | Path | None, preprocessing: Preprocessing, seed: int,
@@ -231,7 +248,8 @@ def _cifar(name: str, root: str | Path | None, preprocessing: Preprocessing, see
         raise DatasetError(f"cannot read {name} under {str(path)!r}: expected {folder}/ with the "
                            f"python batches; nothing is downloaded ({error})") from error
     return _in_memory(train.data, train.targets, test.data, test.targets,
-                      10 if name == "cifar10" else 100, preprocessing, seed, loader_workers)
+                      10 if name == "cifar10" else 100, preprocessing, seed, loader_workers,
+                      train.classes)
 
 
 def _imagefolder(root: str | Path | None, preprocessing: Preprocessing, seed: int,
@@ -253,7 +271,8 @@ def _imagefolder(root: str | Path | None, preprocessing: Preprocessing, seed: in
     full = FileImages(train_folder, preprocessing)
     train, val, calibration = (Subset(full, rows) for rows in _held_out(len(full), seed))
     return _splits(train, val, FileImages(test_folder, preprocessing), calibration,
-                   len(train_folder.classes), preprocessing, loader_workers)
+                   len(train_folder.classes), preprocessing, loader_workers,
+                   train_folder.classes)
 
 
 def load_dataset(name: str, image_size: int | None = None, root: str | Path | None = None,

@@ -117,8 +117,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
               teacher=context.model if spec.fine_tune.distill else None, callback=report,
               cancel_event=run.cancel, seed=spec.seed, device=device,
               **spec.fine_tune.training_settings())
-    preprocessing = (context.splits.preprocessing.to_metadata()
-                     if context.splits.preprocessing is not None else None)
+    preprocessing = context.splits.export_metadata()
     export_onnx(model, run.files.checkpoint("onnx"), context.splits.input_shape,
                 preprocessing=preprocessing)
     runtime.phase(run, f"timing the delivered model {where}")

@@ -12,6 +12,7 @@ def test_digits_splits_are_disjoint_deterministic_and_sized() -> None:
     again = load_dataset("digits", image_size=16, seed=3)
     other = load_dataset("digits", image_size=16, seed=4)
     assert first.input_shape == (3, 16, 16) and first.num_classes == 10
+    assert first.labels == tuple("0123456789")
     sizes = [len(getattr(first, s)) for s in ("train", "val", "test", "calibration")]
     assert sum(sizes) == 1797 and min(sizes) > 100
     assert torch.equal(first.val.images, again.val.images)
@@ -49,6 +50,9 @@ def test_imagefolder_reads_class_folders(tmp_path) -> None:
                 Image.new("RGB", (20, 20), (index * 40, 0, 0)).save(folder / f"{index}.png")
     splits = load_dataset("imagefolder", image_size=12, root=tmp_path)
     assert splits.num_classes == 2 and splits.train[0][0].shape == (3, 12, 12)
+    # Output i is the i-th class folder, by name, as every export says.
+    assert splits.labels == ("cat", "dog")
+    assert splits.export_metadata()["labels"] == ["cat", "dog"]
     assert len(splits.test) == 6  # val/ is the test split, whole
     inputs, labels = next(iter(splits.loader("test", 4)))
     assert inputs.dtype == torch.float32 and inputs.shape == (4, 3, 12, 12)

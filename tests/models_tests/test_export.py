@@ -287,10 +287,11 @@ def test_an_image_preprocessed_as_the_metadata_says_gets_the_evaluations_logits(
     save_pruned(model, path, arch="cifar_resnet20",
                 arch_arguments={"num_classes": splits.num_classes}, plan=plan,
                 input_shape=splits.input_shape, metrics={},
-                preprocessing=splits.preprocessing.to_metadata())
+                preprocessing=splits.export_metadata())
     loaded = load_pruned(path)
     meta = loaded.topiary_metadata["preprocessing"]
-    assert meta == splits.preprocessing.to_metadata()
+    assert meta == splits.export_metadata()
+    assert meta["labels"] == list(splits.labels or ())  # output i is the i-th label
     inputs, _ = next(iter(splits.loader("test", 12)))  # what the job's evaluation runs
     evaluated = _outputs(model.eval(), inputs)
     folder = tmp_path / "user"

@@ -55,6 +55,8 @@ def test_malformed_idx_files_say_what_is_wrong(tmp_path: Path) -> None:
 def test_fashion_mnist_keeps_the_test_split_whole_and_carves_val_from_train(
         idx_folder: Path) -> None:
     splits = load_dataset("fashion_mnist", root=idx_folder, seed=0)
+    assert splits.labels is not None and splits.labels[0] == "T-shirt/top"
+    assert splits.labels[9] == "Ankle boot" and len(splits.labels) == splits.num_classes
     assert splits.input_shape == (3, 28, 28) and splits.num_classes == 10
     assert (len(splits.train), len(splits.val), len(splits.calibration)) == (204, 24, 12)
     test_images, test_labels = mnist_like(60, seed=1)

@@ -65,7 +65,8 @@ def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite
         assert model(splits.example_input(2)).shape == (2, 10)
     assert model.topiary_metadata["plan"] == job.best["plan"]
     # How to feed it an image travels with it (README, "Feeding one image").
-    assert model.topiary_metadata["preprocessing"] == splits.preprocessing.to_metadata()
+    assert model.topiary_metadata["preprocessing"] == splits.export_metadata()
+    assert model.topiary_metadata["preprocessing"]["labels"] == list("0123456789")
     events = list_events(sqlite_engine, job_id)
     kinds = [event.kind for event in events]
     assert "trial" in kinds and "baseline" in kinds and "warm_start" in kinds
