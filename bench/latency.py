@@ -66,6 +66,18 @@ def _network(arch: str) -> tuple[torch.nn.Module, tuple[int, int, int]]:
     return model, (3, size, size)
 
 
+def _print_header(header: list[str]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+
+
+def _prunable(arch: str) -> tuple[torch.nn.Module, tuple[int, int, int], torch.Tensor, list]:
+    """The network, its input shape, an example batch and its prunable groups."""
+    model, shape = _network(arch)
+    example = torch.randn(1, *shape)
+    return model, shape, example, prunable_groups(model, example)
+
+
 def _interleaved_ratios(side: SideBySide, reference: torch.nn.Module, networks: list,
                         runs: int, rounds: int) -> list[float]:
     """Each network's latency over the reference's: passes of all of them in turn (so load
@@ -102,9 +114,8 @@ def round_to_table(options: argparse.Namespace) -> None:
           f"{os.getloadavg()[0]:.1f}; MACs and latency ratios (fastest pass) to the unpruned "
           f"network, median over rounds; per MAC = latency ratio / "
           f"MACs ratio, relative to round_to {multiples[0]}")
-    header = ["network", "runtime", "keep", *[f"r{m} MACs / lat / per MAC" for m in multiples]]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    _print_header(["network", "runtime", "keep",
+                   *[f"r{m} MACs / lat / per MAC" for m in multiples]])
     began = time.time()
     relative: dict[tuple[str, int], list[float]] = {}
     for arch in options.archs:
@@ -148,15 +159,11 @@ def threads_table(options: argparse.Namespace) -> None:
     print(f"# CPU, {cores} cores, load {os.getloadavg()[0]:.1f}; {options.repeats} timings of "
           f"{options.runs} alternating passes each (as one trial's), ratio = pruned median / "
           "unpruned median")
-    header = ["network", "keep", "runtime", "threads", "median ratio", "ratio spread",
-              "unpruned ms (min-max)"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    _print_header(["network", "keep", "runtime", "threads", "median ratio", "ratio spread",
+                   "unpruned ms (min-max)"])
     began = time.time()
     for arch in options.archs:
-        model, shape = _network(arch)
-        example = torch.randn(1, *shape)
-        groups = prunable_groups(model, example)
+        model, shape, example, groups = _prunable(arch)
         for keep in options.keeps:
             pruned = apply_plan(copy.deepcopy(model), PrunePlan.uniform(groups, keep), example)
             for runtime in options.runtimes:
@@ -221,16 +228,12 @@ def main() -> None:
     options.keeps = options.keeps or [0.75, 0.5, 0.25]
     print(f"# CPU, {options.threads} thread(s), {options.runs} alternating passes each, "
           f"{os.cpu_count()} cores; ratio = pruned median / unpruned median")
-    header = ["network", "input", "keep", "batch", "MACs ratio",
-              *[f"{runtime} ratio" for runtime in options.runtimes],
-              *[f"{runtime} base ms" for runtime in options.runtimes]]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    _print_header(["network", "input", "keep", "batch", "MACs ratio",
+                   *[f"{runtime} ratio" for runtime in options.runtimes],
+                   *[f"{runtime} base ms" for runtime in options.runtimes]])
     began = time.time()
     for arch in options.archs:
-        model, shape = _network(arch)
-        example = torch.randn(1, *shape)
-        groups = prunable_groups(model, example)
+        model, shape, example, groups = _prunable(arch)
         macs, _ = count_flops_params(model, shape)
         for keep in options.keeps:
             pruned = apply_plan(copy.deepcopy(model), PrunePlan.uniform(groups, keep), example)

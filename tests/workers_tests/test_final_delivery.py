@@ -20,14 +20,13 @@ from search.study import open_study, study_name_for
 from service.config import Settings
 from service.jobs import (
     JobStatus,
-    claim_next_job,
     get_job,
     list_events,
     set_baseline,
     transition,
 )
 from service.tenants import get_or_create_tenant
-from tests.workers_tests.conftest import submit
+from tests.workers_tests.conftest import claim_run, submit
 from workers.baseline import baseline_model
 from workers.finalize import LIMIT_MISSED, finalize
 from workers.runtime import JobRun
@@ -45,10 +44,8 @@ def _finalizing(settings: Settings, engine: Engine, **overrides: Any
     job_id = submit(engine, settings, tenant.id, objective=LIMIT, **overrides)
     worker = Worker(settings, device="cpu", threads=1)
     device = worker.runtime.device
-    claim = claim_next_job(engine, worker.worker_id, "cpu", runtimes=device.runtimes,
-                           device_model=device.description)
-    assert claim is not None and claim.id == job_id
-    run = worker.runtime.start_run(claim)
+    run = claim_run(engine, worker)
+    assert run.job.id == job_id
     splits = worker.runtime.load_data(run.spec)
     model = baseline_model(worker.runtime, run, splits)
     baseline = measure_baseline(model, splits, run.spec)

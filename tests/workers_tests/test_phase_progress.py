@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.jobs import claim_next_job, get_job, list_events
+from service.jobs import get_job, list_events
 from service.tenants import get_or_create_tenant
-from tests.workers_tests.conftest import submit
+from tests.workers_tests.conftest import claim_run, submit
 from workers.baseline import baseline_model
 from workers.worker import Worker
 
@@ -17,11 +17,8 @@ def test_training_a_baseline_shows_its_last_epoch_in_the_phase(
     tenant = get_or_create_tenant(sqlite_engine, "acme")
     job_id = submit(sqlite_engine, sqlite_settings, tenant.id)
     worker = Worker(sqlite_settings, device="cpu", threads=1)
-    device = worker.runtime.device
-    claim = claim_next_job(sqlite_engine, worker.worker_id, "cpu", runtimes=device.runtimes,
-                           device_model=device.description)
-    assert claim is not None and claim.id == job_id
-    run = worker.runtime.start_run(claim)
+    run = claim_run(sqlite_engine, worker)
+    assert run.job.id == job_id
     baseline_model(worker.runtime, run, worker.runtime.load_data(run.spec))
 
     phase = get_job(sqlite_engine, job_id).phase

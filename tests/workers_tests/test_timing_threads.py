@@ -6,9 +6,8 @@ import torch
 from sqlalchemy import Engine
 
 from service.config import Settings
-from service.jobs import claim_next_job
 from service.tenants import get_or_create_tenant
-from tests.workers_tests.conftest import submit
+from tests.workers_tests.conftest import claim_run, submit
 from workers.device import open_device
 from workers.worker import Worker
 
@@ -24,13 +23,7 @@ def test_a_cpu_worker_times_on_all_its_threads_but_one_unless_the_spec_says(
                         latency={"device": "cpu", "threads": 3})
         unset = submit(sqlite_engine, sqlite_settings, tenant.id)
         worker = Worker(sqlite_settings, device="cpu", threads=2)
-        device = worker.runtime.device
-        threads = {}
-        for _ in range(2):
-            claim = claim_next_job(sqlite_engine, worker.worker_id, "cpu",
-                                   runtimes=device.runtimes, device_model=device.description)
-            assert claim is not None
-            threads[claim.id] = worker.runtime.start_run(claim).spec.latency.threads
-        assert threads == {chosen: 3, unset: 1}
+        runs = [claim_run(sqlite_engine, worker) for _ in range(2)]
+        assert {run.job.id: run.spec.latency.threads for run in runs} == {chosen: 3, unset: 1}
     finally:
         torch.set_num_threads(before)
