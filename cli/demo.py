@@ -193,9 +193,11 @@ class Demo:
         self.console.print("API and worker stopped; re-measuring the checkpoint here")
         from cli.demo_measure import before_after_table, remeasure
 
-        # Three times the worker's passes: this is the number the user reads.
+        # Three times the worker's passes, on the threads its timings used: this is the
+        # number the user reads beside the worker's.
+        timed_on = (job.get("best") or {}).get("threads") or self.options.threads
         comparison = remeasure(checkpoint, job, latency_runs=3 * self.options.latency_runs,
-                               threads=self.options.threads)
+                               threads=timed_on)
         self.console.print(before_after_table(comparison))
         return 0
 
