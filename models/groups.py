@@ -231,7 +231,8 @@ def _enclosing_block(name: str, blocks: list[str]) -> str | None:
 
 
 def prunable_groups(model: nn.Module, example_input: Tensor, round_to: int = 1,
-                    min_keep_ratio: float = 0.1) -> list[GroupInfo]:
+                    min_keep_ratio: float = 0.1,
+                    graph: tp.DependencyGraph | None = None) -> list[GroupInfo]:
     """Describe the channel search space from Torch-Pruning's dependency graph.
 
     Every group rooted at an ``nn.Conv2d`` is listed once, in network order of
@@ -243,6 +244,7 @@ def prunable_groups(model: nn.Module, example_input: Tensor, round_to: int = 1,
         example_input: a batch of the input size the network will see.
         round_to: channel multiple used for ``min_keep``.
         min_keep_ratio: fraction of a group's channels a search must keep at least.
+        graph: ``build_dependency_graph(model, example_input)`` when the caller has it.
 
     Returns:
         one ``GroupInfo`` per prunable group.
@@ -250,7 +252,7 @@ def prunable_groups(model: nn.Module, example_input: Tensor, round_to: int = 1,
     order = {name: index for index, (name, _) in enumerate(model.named_modules())}
     names = {module: name for name, module in model.named_modules()}
     classifier = final_classifier(model)
-    graph = build_dependency_graph(model, example_input)
+    graph = graph or build_dependency_graph(model, example_input)
     labels = _stage_labels(model, example_input)
     blocks = list(_removable_block_names(model, example_input))
     ignored = [classifier] if classifier is not None else []

@@ -112,13 +112,13 @@ class PlanCounter:
     """
 
     def __init__(self, model: nn.Module, example_input: Tensor) -> None:
-        groups = prunable_groups(model, example_input)
+        graph = build_dependency_graph(model, example_input)
+        groups = prunable_groups(model, example_input, graph=graph)
         self.channels = {group.name: group.channels for group in groups}
         names = {module: name for name, module in model.named_modules()}
         self._layers = {name: _Layer(name, module) for name, module in model.named_modules()
                         if isinstance(module, nn.Conv2d | nn.Linear)
                         or any(True for _ in module.parameters(recurse=False))}
-        graph = build_dependency_graph(model, example_input)
         for group in groups:
             full = graph.get_pruning_group(model.get_submodule(group.name),
                                            tp.prune_conv_out_channels,

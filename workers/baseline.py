@@ -40,11 +40,7 @@ def baseline_model(runtime: WorkerRuntime, run: JobRun, splits: DataSplits) -> n
         epochs = spec.fine_tune.baseline_epochs
         phase = f"training a baseline for {epochs} epochs (no weights given)"
         runtime.phase(run, phase)
-
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            runtime.event(run, "baseline", f"baseline epoch {epoch}/{epochs}: val accuracy "
-                          f"{metrics.get('val_accuracy', 0.0):.3f}", metrics)
-            runtime.epoch_done(run, phase, epoch, epochs, metrics)
+        report = runtime.epoch_reporter(run, phase, "baseline", "baseline", epochs)
 
         settings = {**spec.fine_tune.training_settings(),
                     "learning_rate": max(spec.fine_tune.learning_rate, 0.05)}

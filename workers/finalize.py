@@ -107,14 +107,9 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
              f"epochs{' with distillation' if spec.fine_tune.distill else ''}"
              f"{', going on from its re-rank' if continued else ''}")
     runtime.phase(run, phase)
-
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        runtime.event(run, "final", f"final fine-tune epoch {epoch}/{epochs}: val accuracy "
-                      f"{metrics.get('val_accuracy', 0.0):.3f}", metrics)
-        runtime.epoch_done(run, phase, epoch, epochs, metrics)
-
     fine_tune(model, context.splits, epochs,
-              teacher=context.model if spec.fine_tune.distill else None, callback=report,
+              teacher=context.model if spec.fine_tune.distill else None,
+              callback=runtime.epoch_reporter(run, phase, "final", "final fine-tune", epochs),
               cancel_event=run.cancel, seed=spec.seed, device=device,
               **spec.fine_tune.training_settings())
     preprocessing = context.splits.export_metadata()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,10 +80,17 @@ class WorkerRuntime:
         set_phase(self.engine, run.job.id, detail)
         self.event(run, "phase", detail)
 
-    def epoch_done(self, run: JobRun, phase: str, epoch: int, epochs: int,
-                   metrics: dict[str, float]) -> None:
-        """How far a training phase is, as the job's phase (no event: the caller logs the
-        epoch its own way). A baseline or final epoch on real data takes minutes, and the
-        job page and ``topiary status`` show the phase."""
-        set_phase(self.engine, run.job.id, f"{phase}: epoch {epoch}/{epochs} done, val "
-                                           f"accuracy {metrics.get('val_accuracy', 0.0):.3f}")
+    def epoch_reporter(self, run: JobRun, phase: str, kind: str, what: str, epochs: int
+                       ) -> Callable[[int, dict[str, float]], None]:
+        """A training callback for a long phase: each epoch is an event of ``kind`` ("{what}
+        epoch 1/2: val accuracy 0.875") and shows in the job's phase ("{phase}: epoch 1/2
+        done, ..."), as a baseline or final epoch on real data takes minutes and the job
+        page and ``topiary status`` show the phase."""
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            done = f"epoch {epoch}/{epochs}"
+            accuracy = f"val accuracy {metrics.get('val_accuracy', 0.0):.3f}"
+            self.event(run, kind, f"{what} {done}: {accuracy}", metrics)
+            set_phase(self.engine, run.job.id, f"{phase}: {done} done, {accuracy}")
+
+        return report

@@ -167,7 +167,7 @@ class Worker:
                        f"error(s): {_first_error(error)}); is it running another version of "
                        "Topiary than the server? Resubmit the job once they match")
             log.error("job %s failed: %s", job.id, message)
-            self._fail_job(job.id, InvalidSpecError.code, message)
+            self._fail(job.id, InvalidSpecError.code, message)
             return
         self.heartbeat.watch(run)
         log.info("worker %s took job %s (%s)", self.worker_id, job.id, job.status)
@@ -190,7 +190,7 @@ class Worker:
             else:
                 code, message = failure_of(error, run.spec.fine_tune.batch_size)
                 log.exception("job %s failed: %s", job.id, message)
-                self._fail(run, code, message)
+                self._fail(run.job.id, code, message)
         finally:
             self.heartbeat.watch(None)
 
@@ -224,10 +224,7 @@ class Worker:
         elif not run.lease_lost.is_set():
             release_lease(engine, job_id, self.worker_id)
 
-    def _fail(self, run: JobRun, code: str, message: str) -> None:
-        self._fail_job(run.job.id, code, message)
-
-    def _fail_job(self, job_id: str, code: str, message: str) -> None:
+    def _fail(self, job_id: str, code: str, message: str) -> None:
         try:
             retry_through_outage(lambda: fail_job(self.runtime.engine, job_id, code, message),
                                  f"failing job {job_id}")
