@@ -4,6 +4,9 @@
 come only through ``service.jobs`` (claims, leases, guarded transitions).
 SIGTERM / SIGINT: the current trial is abandoned within one training step,
 the job's hold is released (the job is not failed) and the process exits 0.
+A worker that cannot read the data of a job another worker has already prepared
+(its ``TOPIARY_DATA_ROOT`` lacks the folder, say) does not fail the job: it says so in
+the job's events, gives the job back and never claims it again (``Worker.declined``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from types import FrameType
 import torch
 from pydantic import ValidationError
 
-from core.errors import InvalidSpecError, TopiaryError, TrainingCancelled
+from core.errors import DatasetError, InvalidSpecError, TopiaryError, TrainingCancelled
 from service.config import Settings
 from service.db import create_engine_for
 from service.errors import InvalidTransitionError
@@ -94,6 +97,8 @@ class Worker:
                                     runtimes=worker_device.runtimes),
             "registering the worker")
         self.runtime = WorkerRuntime(engine, settings, worker_device, worker_id)
+        #: Jobs this worker gave back because it cannot read their data (``_decline``).
+        self.declined: set[str] = set()
         self.heartbeat = Heartbeat(engine, worker_id, interval=settings.lease_seconds / 4)
 
     @property
@@ -147,7 +152,8 @@ class Worker:
             requeue_expired(engine, max_attempts=self.settings.max_attempts)
             device = self.runtime.device
             return claim_next_job(engine, self.worker_id, device.type,
-                                  runtimes=device.runtimes, device_model=device.description)
+                                  runtimes=device.runtimes, device_model=device.description,
+                                  declined=self.declined)
 
         try:
             return retry_through_outage(claim, "claiming a job", stop=self.runtime.stopping)
@@ -178,6 +184,11 @@ class Worker:
         except InvalidTransitionError as error:
             # Someone else moved the job (cancelled, requeued, finalised): not our failure.
             log.info("job %s moved on without us: %s", job.id, error)
+        except DatasetError as error:
+            if run.job.baseline and not run.cancel.is_set():
+                self._decline(run, error)
+            else:
+                self._end(run, error)
         except Exception as error:  # noqa: BLE001 - every failure ends the job with a reason
             if run.cancel.is_set():
                 self._after_interruption(run)
@@ -193,6 +204,32 @@ class Worker:
                 self._fail(run.job.id, code, message)
         finally:
             self.heartbeat.watch(None)
+
+    def _end(self, run: JobRun, error: TopiaryError) -> None:
+        """The job fails with ``error``'s code and message (or stops, when interrupted)."""
+        if run.cancel.is_set():
+            self._after_interruption(run)
+            return
+        code, message = failure_of(error, run.spec.fine_tune.batch_size)
+        log.error("job %s failed: %s", run.job.id, message)
+        self._fail(run.job.id, code, message)
+
+    def _decline(self, run: JobRun, error: DatasetError) -> None:
+        """This worker cannot read data another worker read for the job (its baseline
+        was measured on it): the worker's set-up is at fault, not the job. The job's
+        events say so, the job goes back (a search goes on with its other workers; an
+        exclusive hold is queued again, no attempt counted) and this worker never claims
+        it again."""
+        job_id = run.job.id
+        self.declined.add(job_id)
+        message = (f"worker {self.worker_id} cannot read this job's data, which another "
+                   f"worker read ({error}); the job is left to the workers that can read it. "
+                   "Give that worker's TOPIARY_DATA_ROOT the same folders as the server's")
+        log.error("job %s: %s", job_id, message)
+        self.runtime.event(run, "worker", message,
+                           {"worker_id": self.worker_id, "declined": True,
+                            "error_code": error.code})
+        self._give_back(run)
 
     def _phases(self, run: JobRun) -> None:
         if run.job.status is JobStatus.PREPARING:

@@ -15,7 +15,8 @@ Either claim also needs the worker to have the job's latency runtime
 (``jobs.latency_runtime``: a worker without it never takes the job, which waits for
 one that has it) and, once the baseline's latency was timed on a device model
 (``jobs.device_model``), to be of that model: every latency of a job is timed on
-one kind of device.
+one kind of device. A worker never claims a job it declined (``declined``: it could not
+read the data another worker had read for that job).
 
 Both are renewed with ``renew_lease``. ``requeue_expired`` puts a job whose
 exclusive lease expired back to ``queued`` (``attempts`` + 1; ``failed`` with
@@ -27,7 +28,7 @@ to ``finalizing`` wins a guarded transition and the others' renewals fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -101,12 +102,15 @@ class _Capabilities:
     device_type: str
     runtimes: tuple[str, ...]
     device_model: str | None
+    declined: tuple[str, ...] = ()
 
     def conditions(self) -> list[Any]:
-        """The jobs this worker can time: its runtime, and its device model once recorded."""
+        """The jobs this worker can time (its runtime, and its device model once
+        recorded) and has not declined."""
         model = (Job.device_model.is_(None) if self.device_model is None
                  else or_(Job.device_model.is_(None), Job.device_model == self.device_model))
-        return [Job.latency_runtime.in_(self.runtimes), model]
+        declined = [Job.id.not_in(self.declined)] if self.declined else []
+        return [Job.latency_runtime.in_(self.runtimes), model, *declined]
 
 
 def _claim_queued(session: Session, worker_id: str, offer: _Capabilities,
@@ -161,7 +165,8 @@ def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
                    phases: Iterable[JobStatus | str] = CLAIMABLE, *,
                    lease_seconds: float | None = None,
                    runtimes: Iterable[str] = ("torch",),
-                   device_model: str | None = None) -> ClaimedJob | None:
+                   device_model: str | None = None,
+                   declined: Collection[str] = ()) -> ClaimedJob | None:
     """Take the oldest job this worker can work on, trying ``phases`` in order.
 
     Args:
@@ -178,6 +183,8 @@ def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
         device_model: the worker's device model (GPU name, or CPU model and threads);
             jobs whose baseline latency was timed on another model are left alone (None:
             every such job).
+        declined: ids of jobs this worker gave up on (it cannot read their data,
+            ``workers.worker``): never claimed by it again.
 
     Returns:
         The claimed job, or None when there is nothing to do.
@@ -187,7 +194,7 @@ def claim_next_job(bind: Engine | Session, worker_id: str, device_type: str,
             reached by ``transition``, not by claims).
     """
     seconds = _lease_seconds(lease_seconds)
-    offer = _Capabilities(device_type, tuple(runtimes), device_model)
+    offer = _Capabilities(device_type, tuple(runtimes), device_model, tuple(declined))
     for phase in phases:
         status = JobStatus(phase)
         if status not in CLAIMABLE:

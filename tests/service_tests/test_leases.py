@@ -42,6 +42,23 @@ def test_claim_takes_the_oldest_queued_job_exclusively(engine: Engine,
     assert claim_next_job(engine, worker, "cpu", ["queued"]) is None
 
 
+def test_a_worker_never_claims_a_job_it_declined(engine: Engine,
+                                                 tenant: TenantIdentity) -> None:
+    first, second = make_jobs(engine, tenant.id, 2)
+    worker = register_worker(engine, "a", "cpu", "cpu")
+    other = register_worker(engine, "b", "cpu", "cpu")
+    # Queued: the declined job is passed over for the next one.
+    assert claim_next_job(engine, worker, "cpu", declined={first}).id == second  # type: ignore[union-attr]
+    assert claim_next_job(engine, worker, "cpu", ["queued"], declined={first}) is None
+    # Searching: a declined search is not joined; another worker still joins it.
+    claim_next_job(engine, other, "cpu")
+    set_baseline(engine, first, {"accuracy": 0.9}, device_type="cpu")
+    transition(engine, first, JobStatus.SEARCHING, worker_id=other)
+    third = register_worker(engine, "c", "cpu", "cpu")
+    assert claim_next_job(engine, third, "cpu", ["searching"], declined=[first]) is None
+    assert claim_next_job(engine, third, "cpu", ["searching"]).id == first  # type: ignore[union-attr]
+
+
 def test_claim_respects_the_requested_device(engine: Engine, tenant: TenantIdentity) -> None:
     [job_id] = make_jobs(engine, tenant.id, 1, latency={"device": "cuda:0"})
     cpu = register_worker(engine, "a", "cpu", "cpu")
