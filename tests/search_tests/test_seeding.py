@@ -26,8 +26,9 @@ from search.constraints import Limit
 from search.costs import LatencyCache
 from search.fitting import MEASURED_MARGIN, PlanFit, fitted_plans
 from search.seeding import PROBED_DEPTHS, PlanProbe, SeedTarget, seed_plans, target_ratio
-from search.warm_start import shaped_plan
+from search.warm_start import FlopsCounter, shaped_plan
 from tests.search_tests.conftest import ScriptedTimer
+from tests.support.networks import ScaledNet
 
 INPUT = (3, 16, 16)
 
@@ -113,6 +114,74 @@ def test_a_params_limit_is_checked_on_the_pruned_network(network) -> None:  # ty
     assert plans
     for _, plan in plans:
         assert 0.8 * 0.3 * params < _counts(model, plan, x)[1] <= 0.3 * params
+
+
+def _seeded_on_pruned_networks(monkeypatch: pytest.MonkeyPatch,
+                               *args: object, **kwargs: object) -> list[tuple[str, PrunePlan]]:
+    """``seed_plans`` as it was when every check pruned and counted a copy."""
+    with monkeypatch.context() as patch:
+        patch.setattr("search.seeding.PlanFit",
+                      lambda *a, counted=False, **k: PlanFit(*a, counted=False, **k))
+        patch.setattr("search.seeding.FlopsCounter",
+                      lambda *a, counted=False, **k: FlopsCounter(*a, counted=False, **k))
+        return seed_plans(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def _fingerprints(plans: list[tuple[str, PrunePlan]]) -> list[tuple[str, str]]:
+    return [(label, plan.fingerprint()) for label, plan in plans]
+
+
+def _counting_prunes(monkeypatch: pytest.MonkeyPatch) -> list[PrunePlan]:
+    """The plans pruned to size plans from now on (pruning them as before)."""
+    pruned: list[PrunePlan] = []
+
+    def counting_apply_plan(network: nn.Module, plan: PrunePlan, *args):  # type: ignore[no-untyped-def]
+        pruned.append(plan)
+        return apply_plan(network, plan, *args)
+
+    for sizer in ("search.fitting", "search.warm_start"):
+        monkeypatch.setattr(f"{sizer}.apply_plan", counting_apply_plan)
+    return pruned
+
+
+@pytest.mark.parametrize("limited", [True, False], ids=["limits", "no-limits"])
+def test_plans_are_sized_by_counting_their_widths(  # type: ignore[no-untyped-def]
+        network, monkeypatch, limited) -> None:
+    """Under counted limits, and at the FLOPs budgets of the weighted and pareto modes
+    (no limits), only the plans settled on are pruned (to confirm their counts), and they
+    are the plans pruning every candidate gave."""
+    model, x, groups, blocks = network
+    flops, params = count_flops_params(model, INPUT)
+    scores = {"pls": _scores("pls", groups, blocks, ORDER)}
+    target = target_ratio(Constraints(max_flops_ratio=0.5, max_params_ratio=0.45),
+                          {"flops": flops, "params": params}) if limited else None
+    pruned = _counting_prunes(monkeypatch)
+    plans = seed_plans(model, x, groups, blocks, scores, target, round_to=4)
+    # Limits: uniform, global, pls, pls/deep, pls/wide; none: pls at 3 budgets, uniform.
+    assert len(pruned) == len(plans) == (5 if limited else 4)
+    assert _fingerprints(plans) == _fingerprints(
+        _seeded_on_pruned_networks(monkeypatch, model, x, groups, blocks, scores, target,
+                                   round_to=4))
+    assert len(pruned) > 3 * len(plans)  # what pruning every check cost
+
+
+def test_a_plan_counted_wrong_from_its_widths_is_seeded_on_pruned_networks(  # type: ignore[no-untyped-def]
+        monkeypatch) -> None:
+    """A layer the count does not model (``tests/support/networks.py``): the confirmation
+    sees the difference and the plans are sized again, every check pruning a copy."""
+    torch.manual_seed(0)
+    model, x = ScaledNet(), torch.zeros(1, 3, 8, 8)
+    groups = prunable_groups(model, x, round_to=4)
+    _, params = count_flops_params(model, (3, 8, 8))
+    target = SeedTarget(0.5, (Limit("max_params_ratio", "params", 0.5 * params),))
+
+    plans = seed_plans(model, x, groups, [], {}, target, round_to=4)
+
+    assert plans and _fingerprints(plans) == _fingerprints(
+        _seeded_on_pruned_networks(monkeypatch, model, x, groups, [], {}, target, round_to=4))
+    for _, plan in plans:
+        assert count_flops_params(apply_plan(copy.deepcopy(model), plan, x), (3, 8, 8))[1] \
+            <= 0.5 * params
 
 
 def test_a_plain_float_target_is_a_flops_budget(network) -> None:  # type: ignore[no-untyped-def]

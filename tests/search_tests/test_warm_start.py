@@ -177,3 +177,24 @@ def test_global_magnitude_plan_of_a_trained_network_uses_the_budget(
     assert plan is not None and plan.drop_blocks == []
     assert 0.8 * target * counter.baseline < counter(plan) <= target * counter.baseline
     _check_bounds(plan, groups, 8)
+
+
+def test_a_flops_counter_counting_widths_confirms_on_the_pruned_network(network) -> None:  # type: ignore[no-untyped-def]
+    """``FlopsCounter(counted=True)`` counts plans from their widths, exactly as pruning
+    them does; a count that differs from the pruned network's (a layer the width count
+    does not model: here one a count misses by a MAC) drops the counting, and every
+    plan is pruned and counted from then on."""
+    model, x, groups, _, _ = network
+    plans = [PrunePlan(keep={group.name: max(4, group.channels // share) for group in groups},
+                       round_to=4) for share in (2, 4)]
+    counter = FlopsCounter(model, x, counted=True)
+    assert [counter(plan) for plan in plans] == [_pruned_macs(model, plan, x) for plan in plans]
+    assert all(counter.confirm(plan) for plan in plans) and counter.counter is not None
+
+    widths = counter.counter
+    assert widths is not None
+    off_by_one = FlopsCounter(model, x, counted=True)
+    off_by_one.counter = lambda plan: (widths(plan)[0] + 1, widths(plan)[1])  # type: ignore[assignment]
+    assert off_by_one(plans[0]) == _pruned_macs(model, plans[0], x) + 1
+    assert not off_by_one.confirm(plans[0]) and off_by_one.counter is None
+    assert off_by_one(plans[0]) == _pruned_macs(model, plans[0], x)
