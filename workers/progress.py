@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -13,7 +14,7 @@ from core.spec import JobSpec
 from core.trial import TrialRecord
 from search.budget import is_surplus
 from search.rerank import RERANK_OF_ATTR
-from search.result import best_feasible_trials
+from search.result import best_feasible_trials, search_result
 from search.study import STARTED_AT_ATTR
 
 
@@ -22,9 +23,14 @@ def best_so_far(trial: FrozenTrial) -> dict[str, Any]:
     return {"trial": trial.number, **TrialRecord.from_trial(trial).headline()}
 
 
-def progress_of(study: optuna.Study, spec: JobSpec) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(progress, best feasible trial so far or None) for the job row.
+def progress_of(study: optuna.Study, spec: JobSpec,
+                baseline: Mapping[str, Any] | None = None,
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(progress, best so far or None) for the job row.
 
+    The best so far is the trial the job would finalise if the search ended now: the
+    best feasible trial, or in pareto mode the plan of the front ``objective.pick``
+    names (its limit's ratios are of ``baseline``), not the front's most accurate plan.
     Elapsed time counts from the start of the search (shared by every worker);
     ``core.progress`` estimates the time left from it.
     """
@@ -38,5 +44,10 @@ def progress_of(study: optuna.Study, spec: JobSpec) -> tuple[dict[str, Any], dic
         trials_running=count[TrialState.RUNNING], trials_failed=count[TrialState.FAIL],
         trials_total=spec.search.n_trials,
     ).timed(max(0.0, time.time() - started))
-    best = best_feasible_trials(study)
+    if spec.objective.mode == "pareto":
+        picked = search_result(study, spec, baseline).best
+        best = [trial for trial in trials if picked is not None
+                and trial.number == picked.number]
+    else:
+        best = best_feasible_trials(study)
     return progress.model_dump(), best_so_far(best[0]) if best else None

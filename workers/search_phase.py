@@ -49,7 +49,7 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if is_surplus(trial):
             return
-        progress, best = progress_of(study, spec)
+        progress, best = progress_of(study, spec, context.baseline)
         update_progress(runtime.engine, run.job.id, progress, best)
         record = TrialRecord.from_trial(trial)
         runtime.event(run, "trial", _trial_line(trial, record),

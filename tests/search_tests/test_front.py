@@ -80,6 +80,19 @@ def test_the_pareto_front_leaves_out_the_unpruned_plan_but_not_what_it_dominated
     assert "knee" in result.message
 
 
+def test_a_pareto_jobs_best_so_far_is_the_plan_its_pick_would_finalise(
+        tmp_path: Path) -> None:
+    """What the job page and ``topiary status`` show while searching is what would be
+    delivered now: the knee, or the plan within the pick's limit, not the front's most
+    accurate plan (trial 1)."""
+    study = _frontstudy_of(tmp_path)
+    assert progress_of(study, _pareto())[1]["trial"] == 2
+    baseline = {"latency_ms": 10.0, "memory_mb": 1.0, "flops": 1.0, "params": 1.0}
+    limited = _pareto(pick={"limit": {"max_latency_ratio": 0.46}})
+    assert progress_of(study, limited, baseline)[1]["trial"] == 3
+    assert progress_of(study, _pareto(pick={"index": 0}))[1]["trial"] == 1
+
+
 def test_a_study_of_nothing_but_the_unpruned_plan_has_nothing_to_finalise(
         tmp_path: Path) -> None:
     study = study_of(tmp_path, ["maximize", "minimize"], _trial([0.99, 10.0], UNPRUNED))
