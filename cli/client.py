@@ -295,8 +295,9 @@ class TopiaryClient:
         Args:
             job_id: a succeeded job.
             checkpoint_format: ``safetensors``, ``onnx``, ``pt2`` or ``torchscript``.
-            path: destination file, or an existing folder; None: the server's file
-                name in the current folder.
+            path: destination file, or a folder: an existing one, or a path ending in
+                a separator (``exports/``, created with its parents); None: the server's
+                file name in the current folder.
 
         Returns:
             Where the checkpoint now is.
@@ -325,8 +326,10 @@ class TopiaryClient:
         name = _attachment_name(response) or f"{job_id}{CHECKPOINT_SUFFIXES[checkpoint_format]}"
         if path is None:
             return Path.cwd() / name
+        # Path() drops a trailing separator, which names a folder that may not exist yet.
+        folder = os.fspath(path).endswith((os.sep, "/"))
         target = Path(path).expanduser()
-        return target / name if target.is_dir() else target
+        return target / name if folder or target.is_dir() else target
 
     @staticmethod
     def _save_verified(response: httpx.Response, target: Path) -> Path:

@@ -124,9 +124,10 @@ def download(job_id: JobIdArgument,
              checkpoint_format: Annotated[
                  Literal["safetensors", "onnx", "pt2", "torchscript"],
                  typer.Option("--format", "-f", help="which export")] = "safetensors",
-             output: Annotated[Path | None, typer.Option(
+             output: Annotated[str | None, typer.Option(
                  "--output", "-o", show_default=False,
-                 help="file or folder to write (default: the server's file name here)")] = None,
+                 help="file or folder to write; a path ending in / is a folder, created if "
+                      "missing (default: the server's file name here)")] = None,
              server: ServerOption = DEFAULT_SERVER, key: KeyOption = None) -> None:
     """Download the best pruned checkpoint, verifying its sha256."""
     with reported_errors(), TopiaryClient(server, key) as client:

@@ -175,6 +175,9 @@ def test_download_verifies_the_sha256_and_keeps_nothing_on_mismatch(live_api: Li
         folder.mkdir()
         path = client.download(job["id"], "onnx", folder)
         assert path == folder / "artifact.onnx" and path.read_bytes() == stored.read_bytes()
+        # A path ending in a separator is a folder, made when missing (README's `-o exports/`).
+        path = client.download(job["id"], "onnx", f"{tmp_path}/new/exports/")
+        assert path == tmp_path / "new" / "exports" / "artifact.onnx" and path.is_file()
 
         stored.write_bytes(b"tampered after the digest was recorded")
         target = tmp_path / "tampered.onnx"
@@ -315,8 +318,8 @@ def test_cli_runs_a_real_job_end_to_end(live_api: LiveApi, worker_process, tmp_p
     rows = [line.split() for line in listed.stdout.splitlines() if line.strip()[:1].isdigit()]
     finished = [row for row in rows if row[1] in ("complete", "infeasible", "pruned")]
     assert len(finished) == 3, listed.stdout
-    onnx = invoke(live_api, "download", job_id, "--format", "onnx", "-o", str(tmp_path))
-    assert onnx.exit_code == 0 and (tmp_path / "end-to-end.onnx").stat().st_size > 0
+    onnx = invoke(live_api, "download", job_id, "--format", "onnx", "-o", f"{tmp_path}/exports/")
+    assert onnx.exit_code == 0 and (tmp_path / "exports" / "end-to-end.onnx").stat().st_size > 0
 
 
 def test_cli_client_and_demo_modules_import_without_torch() -> None:
