@@ -7,8 +7,10 @@ side with the unpruned one, in the job's runtime, until the ratio is stable
 tried (a bounded number), then, when only latency was missed and by little, the
 closest plan narrowed onto the limit; when none meets them the job fails saying
 by how much, against which limit.
-The long fine-tune distils from the unpruned network when the spec says so, and
-goes on from the weights the re-rank trained for the plan when this worker re-ranked
+The long fine-tune distils from the unpruned network when the spec says so
+(``fine_tune.distill``), unless the plan already beat it after its trial's fine-tune,
+on the validation images both were scored on (``_teacher``; ``best.distilled`` says
+which), and goes on from the weights the re-rank trained for the plan when this worker re-ranked
 it (``search.rerank_weights``; ``best.continued_rerank`` says which). The
 ONNX file is exported first and timed as the user will run it; the checkpoint
 and its torch.export (.pt2) and TorchScript exports follow, each with the
@@ -103,12 +105,12 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
         return False
     epochs = spec.fine_tune.final_epochs
     continued = weights.restore(plan_key(trial.plan), model)
+    teacher = _teacher(runtime, run, context, trial)
     phase = (f"fine-tuning {which} for {epochs} "
-             f"epochs{' with distillation' if spec.fine_tune.distill else ''}"
+             f"epochs{' with distillation' if teacher is not None else ''}"
              f"{', going on from its re-rank' if continued else ''}")
     runtime.phase(run, phase)
-    fine_tune(model, context.splits, epochs,
-              teacher=context.model if spec.fine_tune.distill else None,
+    fine_tune(model, context.splits, epochs, teacher=teacher,
               callback=runtime.epoch_reporter(run, phase, "final", "final fine-tune", epochs),
               cancel_event=run.cancel, seed=spec.seed, device=device,
               **spec.fine_tune.training_settings())
@@ -127,6 +129,7 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
     metrics["plans_tried"] = delivery.tried()
     metrics["narrowed"] = delivery.is_narrowed(trial)
     metrics["continued_rerank"] = continued
+    metrics["distilled"] = teacher is not None
     runtime.phase(run, "exporting safetensors, torch.export and TorchScript")
     _export(runtime, run, model, plan, context.splits.input_shape, metrics, preprocessing)
     best = {**metrics, "trial": trial.number, "plan": plan.to_dict()}
@@ -134,6 +137,27 @@ def _deliver(runtime: WorkerRuntime, run: JobRun, context: Any, delivery: Delive
                 progress={**_progress(runtime, run), "finalized": True},
                 artifacts=[_artifact(run, kind) for kind in CHECKPOINT_FILES])
     return True
+
+
+def _teacher(runtime: WorkerRuntime, run: JobRun, context: SearchContext,
+             trial: FinishedTrial) -> Any:
+    """The network the final fine-tune distils from: the unpruned one, or None when
+    ``fine_tune.distill`` is off or the plan already beat it on the validation images
+    both were scored on (a baseline trained too briefly, say): its soft targets would
+    pull the plan down to it, so the plan learns from the labels alone."""
+    if not run.spec.fine_tune.distill:
+        return None
+    teacher_accuracy, plan_accuracy = context.baseline.get("accuracy"), trial.record.accuracy
+    if teacher_accuracy is not None and plan_accuracy is not None \
+            and plan_accuracy > teacher_accuracy:
+        runtime.event(run, "info", (
+            f"not distilling from the unpruned network: the plan of trial {trial.number} "
+            f"scored {plan_accuracy:.1%} after its trial fine-tune, above the unpruned "
+            f"network's {teacher_accuracy:.1%} on the same validation images; the final "
+            "fine-tune learns from the labels alone (is the uploaded or baseline network "
+            "fully trained?)"), {"trial": trial.number, "distilled": False})
+        return None
+    return context.model
 
 
 def _report_miss(runtime: WorkerRuntime, run: JobRun, delivery: Delivery, what: str) -> None:

@@ -51,6 +51,9 @@ def test_a_job_goes_from_queued_to_a_loadable_checkpoint(sqlite_settings, sqlite
     assert len(finished) == 4
     warm = [t.user_attrs.get("warm_start") for t in finished]
     assert any(label and label.startswith("pls@") for label in warm)
+    # A trained baseline the plan did not beat is the final fine-tune's teacher.
+    beaten = study.trials[job.best["trial"]].user_attrs["accuracy"] > job.baseline["accuracy"]
+    assert job.best["distilled"] is not beaten
 
     with session_scope(sqlite_engine) as session:
         artifacts = {a.kind: a for a in session.scalars(
