@@ -144,22 +144,41 @@ def _trial_state(trial: dict[str, Any]) -> Text:
     return Text(state, style={"fail": "red", "running": "blue"}.get(state, ""))
 
 
-def trials_table(trials: list[dict[str, Any]]) -> Table:
-    """One row per trial: state (infeasible = broke a limit), accuracy, costs, what was cut."""
+def _channels_kept(plan: dict[str, Any], groups: list[dict[str, Any]] | None) -> str:
+    """Channels the plan keeps in the prunable groups (a group it leaves whole keeps all; one
+    in a dropped block none), and their share of the unpruned network's, or "-" unknown."""
+    if not plan or not groups:
+        return "-"
+    keep, dropped = plan.get("keep") or {}, set(plan.get("drop_blocks") or [])
+    total = sum(group["channels"] for group in groups)
+    kept = sum(keep.get(group["name"], group["channels"]) for group in groups
+               if group.get("block") not in dropped)
+    return f"{kept} ({kept / total:.0%})" if total else "-"
+
+
+def trials_table(trials: list[dict[str, Any]],
+                 groups: list[dict[str, Any]] | None = None) -> Table:
+    """One row per trial: state (infeasible = broke a limit), accuracy, costs, what was cut.
+
+    Args:
+        trials: the trials endpoint's rows.
+        groups: the job baseline's prunable groups (name, channels, block), which the
+            channels column counts from; without them it shows "-".
+    """
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption="channels: kept in the prunable groups; dropped: residual blocks removed")
+                  caption="channels: kept in the prunable groups (share of the unpruned "
+                          "network's); dropped: residual blocks removed")
     for name in ("#", "state", "accuracy", "latency", "memory", "MACs", "params", "channels",
                  "dropped"):
         table.add_column(name, justify="left" if name == "state" else "right", no_wrap=True)
     for trial in trials:
         plan = trial.get("plan") or {}
-        kept = sum((plan.get("keep") or {}).values()) if plan else None
         table.add_row(
             str(trial["number"]), _trial_state(trial), format_percent(trial.get("accuracy")),
             format_number(trial.get("latency_ms"), "ms"),
             format_number(trial.get("memory_mb"), "MiB"),
             format_count(trial.get("flops")), format_count(trial.get("params")),
-            "-" if kept is None else str(kept),
+            _channels_kept(plan, groups),
             "-" if not plan else str(len(plan.get("drop_blocks") or [])))
     return table
 

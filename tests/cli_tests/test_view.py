@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from cli.view import job_summary
+from cli.view import job_summary, trials_table
 
 
 def printed(job: dict[str, Any]) -> str:
@@ -38,3 +38,20 @@ def test_a_row_measured_on_neither_side_is_left_out() -> None:
     text = printed(job("searching", best))
     assert "accuracy (val)" in text and "latency" in text
     assert "accuracy (test)" not in text, text
+
+
+def test_the_channels_column_counts_groups_left_whole_and_none_in_dropped_blocks() -> None:
+    groups = [{"name": "conv1", "channels": 16, "block": None},
+              {"name": "layer1.0.conv1", "channels": 16, "block": "layer1.0"},
+              {"name": "layer2.0.conv1", "channels": 32, "block": "layer2.0"}]
+    trials = [{"number": 0, "state": "COMPLETE", "accuracy": 0.9,
+               "plan": {"keep": {"layer2.0.conv1": 8}, "drop_blocks": []}},
+              {"number": 1, "state": "COMPLETE", "accuracy": 0.8,  # blocks dropped, no width cut
+               "plan": {"keep": {}, "drop_blocks": ["layer1.0"]}},
+              {"number": 2, "state": "WAITING", "plan": None}]
+    console = Console(record=True, width=160, color_system=None)
+    console.print(trials_table(trials, groups))
+    rows = {line.split()[0]: line for line in console.export_text().splitlines()
+            if line.strip()[:1].isdigit()}
+    assert "40 (62%)" in rows["0"] and "48 (75%)" in rows["1"], rows
+    assert rows["2"].split()[-2:] == ["-", "-"]
