@@ -188,7 +188,9 @@ class Worker:
             if run.job.baseline and not run.cancel.is_set():
                 self._decline(run, error)
             else:
-                self._end(run, error)
+                self._end(run, DatasetError(
+                    f"{error} (read on worker {self.worker_id}, whose TOPIARY_DATA_ROOT is "
+                    f"{str(self.settings.data_root)!r})"))
         except Exception as error:  # noqa: BLE001 - every failure ends the job with a reason
             if run.cancel.is_set():
                 self._after_interruption(run)

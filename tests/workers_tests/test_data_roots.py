@@ -68,3 +68,5 @@ def test_a_fresh_job_whose_data_no_worker_read_fails_with_the_reason(
     job = get_job(sqlite_engine, job_id)
     assert job.status == JobStatus.FAILED.value and job.error_code == "dataset_error"
     assert "bars" in job.error_message and not stranger.declined
+    assert stranger.worker_id in job.error_message
+    assert f"TOPIARY_DATA_ROOT is {str(tmp_path / 'elsewhere')!r}" in job.error_message
