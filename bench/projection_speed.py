@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -35,14 +37,17 @@ from search.constraints import Limit
 from search.projection import PlanProjection
 from search.space import SearchSpace
 
-OUT = Path(__file__).resolve().parent / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._tables import table_report  # noqa: E402
+
 #: (architecture, input shape): cpu-56's network and input, and a bottleneck ResNet.
 SHAPES = {"cifar_resnet56": (1, 16, 16), "cifar_resnet20": (3, 16, 16),
           "resnet50": (3, 64, 64), "mobilenet_v2": (3, 64, 64)}
 ROUND_TO = 8
 
 
-def measure(arch: str, plans: int, seed: int) -> list[str]:
+def measure(arch: str, plans: int, seed: int) -> Iterator[str]:
     shape = SHAPES[arch]
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=10, **({"in_channels": 1} if shape[0] == 1 else {}))
@@ -59,7 +64,6 @@ def measure(arch: str, plans: int, seed: int) -> list[str]:
                               for g in space.groups},
                              [b for b in space.blocks if rng.random() < 0.33])
                for _ in range(plans)]
-    lines = []
     for share in (0.25, 0.5):
         limits = [Limit("max_flops_ratio", "flops", share * flops)]
         made = {counted: PlanProjection(model, x, limits, space, accuracy_only=True,
@@ -74,10 +78,8 @@ def measure(arch: str, plans: int, seed: int) -> list[str]:
                 seconds[counted].append(time.perf_counter() - started)
             same += results[True].fingerprint() == results[False].fingerprint()
         fast, slow = (statistics.median(seconds[c]) for c in (True, False))
-        lines.append(f"| {arch} {'x'.join(map(str, shape))} | {share:.0%} | {len(sampled)} | "
-                     f"{slow:.3f} | {fast:.4f} | {fast / slow:.3f} | {same}/{len(sampled)} |")
-        print(lines[-1], flush=True)
-    return lines
+        yield (f"| {arch} {'x'.join(map(str, shape))} | {share:.0%} | {len(sampled)} | "
+               f"{slow:.3f} | {fast:.4f} | {fast / slow:.3f} | {same}/{len(sampled)} |")
 
 
 def main() -> None:
@@ -90,13 +92,10 @@ def main() -> None:
     header = ["| network | FLOPs limit | plans | s/projection, pruning a copy per check "
               "(median) | s/projection, counting from widths (median) | ratio | same plan |",
               "|---|---|---|---|---|---|---|"]
-    print("\n".join(header), flush=True)
-    rows = [line for arch in args.archs.split(",") for line in measure(arch, args.plans,
-                                                                         args.seed)]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "projection_speed.md").write_text(
-        "## bench/projection_speed.py: projecting sampled plans onto a FLOPs limit\n\n"
-        + "\n".join([*header, *rows]) + "\n")
+    table_report("projection_speed",
+                 "bench/projection_speed.py: projecting sampled plans onto a FLOPs limit", header,
+                 (row for arch in args.archs.split(",")
+                  for row in measure(arch, args.plans, args.seed)))
 
 
 if __name__ == "__main__":

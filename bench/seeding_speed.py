@@ -21,8 +21,9 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,10 @@ from models.plan import removable_blocks
 from search.fitting import PlanFit
 from search.warm_start import FlopsCounter
 
-OUT = Path(__file__).resolve().parent / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._tables import table_report  # noqa: E402
+
 #: (architecture, input shape): the search benchmark's networks and inputs.
 SHAPES = {"cifar_resnet20": (3, 16, 16), "cifar_resnet56": (1, 16, 16),
           "resnet18": (3, 32, 32)}
@@ -61,7 +65,7 @@ def _pruning_every_check() -> Callable[[], None]:
     return undo
 
 
-def measure(arch: str, rounds: int, seed: int) -> list[str]:
+def measure(arch: str, rounds: int, seed: int) -> Iterator[str]:
     shape = SHAPES[arch]
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=10, **({"in_channels": 1} if shape[0] == 1 else {}),
@@ -70,7 +74,6 @@ def measure(arch: str, rounds: int, seed: int) -> list[str]:
     groups = prunable_groups(model, x, round_to=ROUND_TO)
     blocks = removable_blocks(model, x)
     scores = {method: _scores(method, groups, blocks, seed) for method in ("attention", "pls")}
-    lines = []
     for target in (0.5, 0.25, None):
         seconds: dict[bool, list[float]] = {True: [], False: []}
         plans: dict[bool, list[tuple[str, str]]] = {}
@@ -88,11 +91,9 @@ def measure(arch: str, rounds: int, seed: int) -> list[str]:
                 plans[counted] = [(label, plan.fingerprint()) for label, plan in made]
         fast, slow = (statistics.median(seconds[c]) for c in (True, False))
         what = "no limit (weighted, pareto)" if target is None else f"FLOPs {target:.0%}"
-        lines.append(f"| {arch} {'x'.join(map(str, shape))} | {what} | {len(plans[True])} | "
-                     f"{slow:.2f} | {fast:.2f} | {fast / slow:.2f} | "
-                     f"{'yes' if plans[True] == plans[False] else 'NO'} |")
-        print(lines[-1], flush=True)
-    return lines
+        yield (f"| {arch} {'x'.join(map(str, shape))} | {what} | {len(plans[True])} | "
+               f"{slow:.2f} | {fast:.2f} | {fast / slow:.2f} | "
+               f"{'yes' if plans[True] == plans[False] else 'NO'} |")
 
 
 def main() -> None:
@@ -105,13 +106,11 @@ def main() -> None:
     header = ["| network | target | plans | s/seeding, pruning a copy per check (median) | "
               "s/seeding, counting from widths (median) | ratio | same plans |",
               "|---|---|---|---|---|---|---|"]
-    print("\n".join(header), flush=True)
-    rows = [line for arch in args.archs.split(",") for line in measure(arch, args.rounds,
-                                                                         args.seed)]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "seeding_speed.md").write_text(
-        "## bench/seeding_speed.py: sizing the warm-start plans of a job's preparation\n\n"
-        + "\n".join([*header, *rows]) + "\n")
+    table_report("seeding_speed",
+                 "bench/seeding_speed.py: sizing the warm-start plans of a job's preparation",
+                 header,
+                 (row for arch in args.archs.split(",")
+                  for row in measure(arch, args.rounds, args.seed)))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from service.jobs import JobStatus, active_participants, claim_next_job, get_job, list_events
 from service.tenants import get_or_create_tenant
 from tests.models_tests.conftest import write_mnist_like
@@ -17,12 +18,19 @@ from workers.worker import Worker
 pytestmark = pytest.mark.slow
 
 
+def _two_data_roots(settings: Settings, tmp_path: Path, train: int,
+                    test: int) -> tuple[Settings, Settings]:
+    """Settings whose data root holds ``bars/`` (an MNIST-like dataset), and settings
+    whose data root is an empty folder."""
+    write_mnist_like(tmp_path / "data" / "bars", train=train, test=test)
+    (tmp_path / "elsewhere").mkdir()
+    return (settings.model_copy(update={"data_root": tmp_path / "data"}),
+            settings.model_copy(update={"data_root": tmp_path / "elsewhere"}))
+
+
 def test_a_worker_that_cannot_read_a_prepared_jobs_data_leaves_it_to_the_others(
         sqlite_settings, sqlite_engine, tmp_path: Path) -> None:
-    write_mnist_like(tmp_path / "data" / "bars", train=200, test=50)
-    (tmp_path / "elsewhere").mkdir()
-    reads = sqlite_settings.model_copy(update={"data_root": tmp_path / "data"})
-    lacks = sqlite_settings.model_copy(update={"data_root": tmp_path / "elsewhere"})
+    reads, lacks = _two_data_roots(sqlite_settings, tmp_path, train=200, test=50)
     tenant = get_or_create_tenant(sqlite_engine, "acme")
     job_id = submit(sqlite_engine, reads, tenant.id, search={"n_trials": 2},
                     dataset={"name": "mnist", "root": "bars", "image_size": 16})
@@ -56,10 +64,7 @@ def test_a_worker_that_cannot_read_a_prepared_jobs_data_leaves_it_to_the_others(
 
 def test_a_fresh_job_whose_data_no_worker_read_fails_with_the_reason(
         sqlite_settings, sqlite_engine, tmp_path: Path) -> None:
-    write_mnist_like(tmp_path / "data" / "bars", train=40, test=10)
-    (tmp_path / "elsewhere").mkdir()
-    reads = sqlite_settings.model_copy(update={"data_root": tmp_path / "data"})
-    lacks = sqlite_settings.model_copy(update={"data_root": tmp_path / "elsewhere"})
+    reads, lacks = _two_data_roots(sqlite_settings, tmp_path, train=40, test=10)
     tenant = get_or_create_tenant(sqlite_engine, "acme")
     job_id = submit(sqlite_engine, reads, tenant.id,
                     dataset={"name": "mnist", "root": "bars", "image_size": 16})
