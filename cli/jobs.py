@@ -114,11 +114,12 @@ def trials(job_id: JobIdArgument, pareto: Annotated[bool, typer.Option(
     """List a job's trials: state, feasibility, accuracy, latency, memory, FLOPs, params."""
     with reported_errors(), TopiaryClient(server, key) as client:
         rows = client.pareto(job_id) if pareto else client.trials(job_id)
-        groups = (client.get(job_id).get("baseline") or {}).get("groups") if rows else None
+        job = client.get(job_id) if rows else {}
     if not rows:
         errors.print(f"job {job_id} has no trials yet", highlight=False)
         return
-    console.print(trials_table(rows, groups))
+    ended = job.get("status") not in ("queued", "preparing", "searching")
+    console.print(trials_table(rows, (job.get("baseline") or {}).get("groups"), ended))
 
 
 def download(job_id: JobIdArgument,

@@ -137,10 +137,13 @@ def job_summary(job: dict[str, Any]) -> Group:
     return Group(*lines)
 
 
-def _trial_state(trial: dict[str, Any]) -> Text:
+def _trial_state(trial: dict[str, Any], ended: bool) -> Text:
     state = trial["state"].lower()
     if state == "complete" and trial.get("feasible") is False:
         return Text("infeasible", style="yellow")
+    if state == "waiting" and ended:
+        # Enqueued (a warm-start plan) but the search had its trials first: never runs.
+        return Text("not run", style="dim")
     return Text(state, style={"fail": "red", "running": "blue"}.get(state, ""))
 
 
@@ -157,13 +160,14 @@ def _channels_kept(plan: dict[str, Any], groups: list[dict[str, Any]] | None) ->
 
 
 def trials_table(trials: list[dict[str, Any]],
-                 groups: list[dict[str, Any]] | None = None) -> Table:
+                 groups: list[dict[str, Any]] | None = None, ended: bool = False) -> Table:
     """One row per trial: state (infeasible = broke a limit), accuracy, costs, what was cut.
 
     Args:
         trials: the trials endpoint's rows.
         groups: the job baseline's prunable groups (name, channels, block), which the
             channels column counts from; without them it shows "-".
+        ended: the job's search is over (a waiting trial then never runs: "not run").
     """
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
                   caption="channels: kept in the prunable groups (share of the unpruned "
@@ -174,7 +178,8 @@ def trials_table(trials: list[dict[str, Any]],
     for trial in trials:
         plan = trial.get("plan") or {}
         table.add_row(
-            str(trial["number"]), _trial_state(trial), format_percent(trial.get("accuracy")),
+            str(trial["number"]), _trial_state(trial, ended),
+            format_percent(trial.get("accuracy")),
             format_number(trial.get("latency_ms"), "ms"),
             format_number(trial.get("memory_mb"), "MiB"),
             format_count(trial.get("flops")), format_count(trial.get("params")),

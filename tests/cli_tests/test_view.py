@@ -55,3 +55,7 @@ def test_the_channels_column_counts_groups_left_whole_and_none_in_dropped_blocks
             if line.strip()[:1].isdigit()}
     assert "40 (62%)" in rows["0"] and "48 (75%)" in rows["1"], rows
     assert rows["2"].split()[-2:] == ["-", "-"]
+    assert "waiting" in rows["2"]
+    console = Console(record=True, width=160, color_system=None)
+    console.print(trials_table(trials, groups, ended=True))  # the search is over
+    assert "not run" in console.export_text() and "waiting" not in console.export_text()
