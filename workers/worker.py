@@ -4,9 +4,12 @@
 come only through ``service.jobs`` (claims, leases, guarded transitions).
 SIGTERM / SIGINT: the current trial is abandoned within one training step,
 the job's hold is released (the job is not failed) and the process exits 0.
-A worker that cannot read the data of a job another worker has already prepared
-(its ``TOPIARY_DATA_ROOT`` lacks the folder, say) does not fail the job: it says so in
-the job's events, gives the job back and never claims it again (``Worker.declined``).
+A worker that joins a running search and cannot read the job's data, which the worker
+that prepared it read (its ``TOPIARY_DATA_ROOT`` lacks the folder, say), does not fail
+the job: it says so in the job's events, leaves the search and never claims the job
+again (``Worker.declined``). Under an exclusive hold (preparing, finalizing) the job
+fails with the reason: the data may be gone for every worker, and a job that every
+worker gave back would wait forever.
 """
 
 from __future__ import annotations
@@ -185,7 +188,7 @@ class Worker:
             # Someone else moved the job (cancelled, requeued, finalised): not our failure.
             log.info("job %s moved on without us: %s", job.id, error)
         except DatasetError as error:
-            if run.job.baseline and not run.cancel.is_set():
+            if not run.job.exclusive and run.job.baseline and not run.cancel.is_set():
                 self._decline(run, error)
             else:
                 self._end(run, DatasetError(
@@ -217,11 +220,10 @@ class Worker:
         self._fail(run.job.id, code, message)
 
     def _decline(self, run: JobRun, error: DatasetError) -> None:
-        """This worker cannot read data another worker read for the job (its baseline
-        was measured on it): the worker's set-up is at fault, not the job. The job's
-        events say so, the job goes back (a search goes on with its other workers; an
-        exclusive hold is queued again, no attempt counted) and this worker never claims
-        it again."""
+        """This worker joined the job's search but cannot read the data the worker that
+        prepared it read (its baseline was measured on it): this worker's set-up is at
+        fault, not the job. The job's events say so, the worker leaves the search (which
+        goes on with its other workers) and never claims the job again."""
         job_id = run.job.id
         self.declined.add(job_id)
         message = (f"worker {self.worker_id} cannot read this job's data, which another "

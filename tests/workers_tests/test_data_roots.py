@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.jobs import JobStatus, active_participants, claim_next_job, get_job, list_events
+from service.jobs import (
+    JobStatus,
+    active_participants,
+    claim_next_job,
+    get_job,
+    list_events,
+    set_baseline,
+)
 from service.tenants import get_or_create_tenant
 from tests.models_tests.conftest import write_mnist_like
 from tests.workers_tests.conftest import claim_run, submit
@@ -62,12 +69,18 @@ def test_a_worker_that_cannot_read_a_prepared_jobs_data_leaves_it_to_the_others(
     assert job.status == JobStatus.SUCCEEDED.value, (job.error_code, job.error_message)
 
 
-def test_a_fresh_job_whose_data_no_worker_read_fails_with_the_reason(
-        sqlite_settings, sqlite_engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("measured_before", [False, True], ids=["fresh", "requeued"])
+def test_under_an_exclusive_hold_a_job_whose_data_is_unreadable_fails_with_the_reason(
+        sqlite_settings, sqlite_engine, tmp_path: Path, measured_before: bool) -> None:
+    """A fresh job, or one requeued after a worker measured its baseline (the data may be
+    gone for every worker now): failed, naming the folder, the worker and its data root,
+    rather than given back by every worker in turn and left waiting."""
     reads, lacks = _two_data_roots(sqlite_settings, tmp_path, train=40, test=10)
     tenant = get_or_create_tenant(sqlite_engine, "acme")
     job_id = submit(sqlite_engine, reads, tenant.id,
                     dataset={"name": "mnist", "root": "bars", "image_size": 16})
+    if measured_before:
+        set_baseline(sqlite_engine, job_id, {"accuracy": 0.9}, device_type="cpu")
     stranger = Worker(lacks, device="cpu", threads=1)
     stranger.run_forever(exit_when_idle=True)
     job = get_job(sqlite_engine, job_id)
