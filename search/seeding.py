@@ -253,11 +253,9 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
         # differ, every plan is sized again on pruned networks.
         fits = PlanFit(model, example_input, target.limits,
                        timer=target.timer(model, example_input), counted=True)
-        limited = _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
-                                 allow_block_removal, probe)
-        if not all(fits.confirm(plan) for _, plan in limited):
-            limited = _limited_plans(groups, blocks, scores, target.ratio, fits, round_to,
-                                     allow_block_removal, probe)
+        limited = _confirmed(lambda: _limited_plans(groups, blocks, scores, target.ratio, fits,
+                                                    round_to, allow_block_removal, probe),
+                             fits.confirm)
         if measured is not None:
             for _, plan in limited:
                 latency = fits.latency(plan)
@@ -265,12 +263,18 @@ def seed_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupIn
                     measured.put(latency["arch_fingerprint"], latency)
         return limited
     counter = FlopsCounter(model, example_input, counted=True)
-    plans = _budget_plans(model, example_input, groups, blocks, scores, flops_targets(target),
-                          round_to, allow_block_removal, counter)
-    if not all(counter.confirm(plan) for _, plan in plans):
-        plans = _budget_plans(model, example_input, groups, blocks, scores,
-                              flops_targets(target), round_to, allow_block_removal, counter)
-    return plans
+    return _confirmed(lambda: _budget_plans(model, example_input, groups, blocks, scores,
+                                            flops_targets(target), round_to,
+                                            allow_block_removal, counter),
+                      counter.confirm)
+
+
+def _confirmed(size: Callable[[], list[tuple[str, PrunePlan]]],
+               confirm: Callable[[PrunePlan], bool]) -> list[tuple[str, PrunePlan]]:
+    """The plans ``size`` gives, counted from their widths, once ``confirm`` agrees with
+    each one's pruned network; else (``confirm`` then turned counting off) sized again."""
+    plans = size()
+    return plans if all(confirm(plan) for _, plan in plans) else size()
 
 
 def _budget_plans(model: nn.Module, example_input: Tensor, groups: Sequence[GroupInfo],

@@ -188,42 +188,39 @@ class Worker:
             # Someone else moved the job (cancelled, requeued, finalised): not our failure.
             log.info("job %s moved on without us: %s", job.id, error)
         except DatasetError as error:
-            if not run.job.exclusive and run.job.baseline and not run.cancel.is_set():
+            # A participant's search was prepared on data another worker read.
+            if not run.job.exclusive and not run.cancel.is_set():
                 self._decline(run, error)
             else:
                 self._end(run, DatasetError(
                     f"{error} (read on worker {self.worker_id}, whose TOPIARY_DATA_ROOT is "
                     f"{str(self.settings.data_root)!r})"))
         except Exception as error:  # noqa: BLE001 - every failure ends the job with a reason
-            if run.cancel.is_set():
-                self._after_interruption(run)
-            elif is_database_outage(error):
-                # Not the job's fault: every phase can be redone, so it goes back to the
-                # queue (or the search loses one participant) and is claimed again.
-                log.warning("job %s: the database went away (%s); giving the job back",
-                            job.id, error)
-                self._give_back(run)
-            else:
-                code, message = failure_of(error, run.spec.fine_tune.batch_size)
-                log.exception("job %s failed: %s", job.id, message)
-                self._fail(run.job.id, code, message)
+            self._end(run, error)
         finally:
             self.heartbeat.watch(None)
 
-    def _end(self, run: JobRun, error: TopiaryError) -> None:
-        """The job fails with ``error``'s code and message (or stops, when interrupted)."""
+    def _end(self, run: JobRun, error: Exception) -> None:
+        """After ``error`` stopped the job's phases: stop as asked (cancelled, lease lost,
+        worker stopping), give the job back (a database outage), or fail it with a reason."""
         if run.cancel.is_set():
             self._after_interruption(run)
-            return
-        code, message = failure_of(error, run.spec.fine_tune.batch_size)
-        log.error("job %s failed: %s", run.job.id, message)
-        self._fail(run.job.id, code, message)
+        elif is_database_outage(error):
+            # Not the job's fault: every phase can be redone, so it goes back to the
+            # queue (or the search loses one participant) and is claimed again.
+            log.warning("job %s: the database went away (%s); giving the job back",
+                        run.job.id, error)
+            self._give_back(run)
+        else:
+            code, message = failure_of(error, run.spec.fine_tune.batch_size)
+            log.exception("job %s failed: %s", run.job.id, message)
+            self._fail(run.job.id, code, message)
 
     def _decline(self, run: JobRun, error: DatasetError) -> None:
         """This worker joined the job's search but cannot read the data the worker that
-        prepared it read (its baseline was measured on it): this worker's set-up is at
-        fault, not the job. The job's events say so, the worker leaves the search (which
-        goes on with its other workers) and never claims the job again."""
+        prepared it read (a searching job's baseline was measured on it): this worker's
+        set-up is at fault, not the job. The job's events say so, the worker leaves the
+        search (which goes on with its other workers) and never claims the job again."""
         job_id = run.job.id
         self.declined.add(job_id)
         message = (f"worker {self.worker_id} cannot read this job's data, which another "
