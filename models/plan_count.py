@@ -21,11 +21,15 @@ channels. Counts agree exactly with pruning and counting for the built-in
 architectures (``tests/model_tests/test_plan_count.py``); an unusual layer the table
 does not model (a custom module with channel-wise parameters in another
 dimension, say) may not, so callers that must be exact confirm the plan they
-finally choose with a real count (``search.fitting.PlanFit.confirm``).
+finally choose with a real count: ``PlanCosts`` counts plans from their widths,
+confirms a plan on its pruned network (``PlanCosts.confirm``) and, should the two
+ever differ, counts every plan on its pruned network from then on.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +38,12 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from models.groups import build_dependency_graph, eval_mode, prunable_groups
-from models.plan import PrunePlan
+from models.measure import count_flops_params
+from models.plan import PrunePlan, apply_plan
 
-__all__ = ["PlanCounter"]
+__all__ = ["PlanCosts", "PlanCounter"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,3 +180,61 @@ class PlanCounter:
             macs += layer_macs
             params += layer_params
         return macs, params
+
+
+class PlanCosts:
+    """MACs per sample and parameters of the network a plan leaves, memoised by plan:
+    counted from its widths (``PlanCounter``) while ``counting``, else on its really
+    pruned network (``count_flops_params`` of a pruned copy).
+
+    A caller that must be exact confirms the plans it settles on (``confirm``); when a
+    count differs from the pruned network's, counting stops for good and every count
+    made so far is forgotten, so that the caller can size its plans again.
+
+    Args:
+        model: the unpruned network (never modified: each check prunes a copy).
+        example_input: a batch of its input shape.
+        counted: count from the widths; False: every plan is pruned and counted.
+    """
+
+    def __init__(self, model: nn.Module, example_input: Tensor, counted: bool = True) -> None:
+        self.model = model
+        self.example_input = example_input
+        self.input_shape = tuple(example_input.shape[1:])
+        #: Counts plans from their widths; None: every plan's network is pruned and counted.
+        self.counter = PlanCounter(model, example_input) if counted else None
+        self._seen: dict[str, tuple[int, int]] = {}
+
+    @property
+    def counting(self) -> bool:
+        """Whether plans are counted from their widths (no count has been refuted)."""
+        return self.counter is not None
+
+    def __call__(self, plan: PrunePlan) -> tuple[int, int]:
+        """``(macs, params)`` of the network ``plan`` leaves."""
+        key = plan.fingerprint()
+        if key not in self._seen:
+            self._seen[key] = self.counter(plan) if self.counter is not None \
+                else self.pruned(plan)
+        return self._seen[key]
+
+    def pruned(self, plan: PrunePlan) -> tuple[int, int]:
+        """``(macs, params)`` of ``plan``'s really pruned network (not memoised)."""
+        network = apply_plan(copy.deepcopy(self.model), plan, self.example_input)
+        macs, params = count_flops_params(network, self.input_shape)
+        return int(macs), int(params)
+
+    def confirm(self, plan: PrunePlan) -> bool:
+        """Whether ``plan``'s count is its pruned network's (always, when not counting).
+        When it is not, counting stops and every count made so far is forgotten."""
+        if self.counter is None:
+            return True
+        counted, real = self(plan), self.pruned(plan)
+        if counted == real:
+            return True
+        log.warning("counting a plan from its widths gave %d MACs and %d parameters where "
+                    "its pruned network has %d and %d (a layer models.plan_count does not "
+                    "model?); plans are pruned and counted from now on", *counted, *real)
+        self.counter = None
+        self._seen.clear()
+        return False

@@ -18,7 +18,6 @@ narrower plan.
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,14 +25,12 @@ from torch import Tensor, nn
 
 from models.importance import ImportanceScores
 from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
-from models.plan_count import PlanCounter
+from models.plan_count import PlanCosts
 from search.constraints import Limit
-from search.costs import COUNTED_METRICS, RETIME_WITHIN, Aim, CostModel, LatencyTimer
+from search.costs import RETIME_WITHIN, Aim, CostModel, LatencyTimer
 from search.warm_start import shaped_plan
 
 __all__ = ["MEASURED_MARGIN", "MEASURED_STEPS", "PlanFit", "fitted_plans"]
-
-log = logging.getLogger(__name__)
 
 #: Measured limits (latency, memory) are aimed at this fraction under the limit.
 MEASURED_MARGIN = 0.03
@@ -67,45 +64,29 @@ class PlanFit:
         self.costs = CostModel(timer, Aim(tuple(limits), margin, RETIME_WITHIN))
         self.measured = self.costs.aim.measured
         self._records: dict[str, dict[str, Any]] = {}
-        #: Counts plans from their widths; None: every plan's network is pruned and counted.
-        self.counter = (PlanCounter(model, example_input)
-                        if counted and limits and not self.measured else None)
+        #: Under counted limits alone, FLOPs and parameters counted from the widths (until
+        #: ``confirm`` finds a count wrong); None: every plan's network is pruned and counted.
+        self.counts = (PlanCosts(model, example_input)
+                       if counted and limits and not self.measured else None)
 
     def metrics(self, plan: PrunePlan) -> dict[str, Any]:
         """The limited quantities (and FLOPs) of the plan's pruned network
-        (``search.costs.CostModel.limited_costs``); with a counter, its FLOPs and
-        parameters counted from the widths."""
+        (``search.costs.CostModel.limited_costs``); under counted limits with ``counts``,
+        its FLOPs and parameters (``models.plan_count.PlanCosts``)."""
+        if self.counts is not None:
+            macs, params = self.counts(plan)
+            return {"flops": float(macs), "params": float(params)}
         key = plan.fingerprint()
         if key not in self._records:
-            if self.counter is not None:
-                macs, params = self.counter(plan)
-                self._records[key] = {"flops": float(macs), "params": float(params)}
-            else:
-                self._records[key] = self._pruned_metrics(plan)
+            pruned = apply_plan(copy.deepcopy(self.model), plan, self.example_input)
+            self._records[key] = self.costs.limited_costs(pruned)
         return self._records[key]
-
-    def _pruned_metrics(self, plan: PrunePlan) -> dict[str, Any]:
-        pruned = apply_plan(copy.deepcopy(self.model), plan, self.example_input)
-        return self.costs.limited_costs(pruned)
 
     def confirm(self, plan: PrunePlan) -> bool:
         """Whether ``plan``'s counted FLOPs and parameters are those of its really pruned
-        network (always, without a counter). When they are not, the counter is dropped with
-        everything it counted, so later checks prune and count every plan."""
-        if self.counter is None:
-            return True
-        counted = self.metrics(plan)
-        real = self._pruned_metrics(plan)
-        if all(real[metric] == counted[metric] for metric in COUNTED_METRICS):
-            self._records[plan.fingerprint()] = real
-            return True
-        log.warning("counting plans from their widths gave %s where the pruned network has %s "
-                    "(a layer models.plan_count does not model?); plans are pruned and "
-                    "counted from now on", {m: counted[m] for m in sorted(COUNTED_METRICS)},
-                    {m: real[m] for m in sorted(COUNTED_METRICS)})
-        self.counter = None
-        self._records.clear()
-        return False
+        network (always, when nothing is counted from widths). When they are not, later
+        checks prune and count every plan (``PlanCosts.confirm``)."""
+        return self.counts is None or self.counts.confirm(plan)
 
     def flops(self, plan: PrunePlan) -> float:
         return float(self.metrics(plan)["flops"])

@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from models.groups import final_classifier
 from models.importance import ImportanceScores
 from models.measure import count_flops_params
-from models.plan import BlockInfo, GroupInfo, PrunePlan, apply_plan
-from models.plan_count import PlanCounter
+from models.plan import BlockInfo, GroupInfo, PrunePlan
+from models.plan_count import PlanCosts
 
 __all__ = ["FlopsCounter", "PlanCheck", "global_magnitude_plan", "global_magnitude_pruner",
            "global_magnitude_schedule", "largest_fitting", "shaped_plan",
@@ -57,7 +57,7 @@ GLOBAL_STEPS = 40
 
 
 class FlopsCounter:
-    """MACs of ``model`` pruned by a plan, memoised by the plan's architecture fingerprint.
+    """MACs of ``model`` pruned by a plan, memoised by plan (``models.plan_count.PlanCosts``).
 
     Args:
         model: the unpruned network (never modified: each plan prunes a copy).
@@ -72,39 +72,15 @@ class FlopsCounter:
         self.example_input = example_input
         self.input_shape = tuple(example_input.shape[1:])
         self.baseline = count_flops_params(model, self.input_shape)[0]
-        self._seen: dict[str, int] = {}
-        #: Counts plans from their widths; None: every plan's network is pruned and counted.
-        self.counter = PlanCounter(model, example_input) if counted else None
+        self.costs = PlanCosts(model, example_input, counted)
 
     def __call__(self, plan: PrunePlan) -> int:
-        key = plan.fingerprint()
-        if key not in self._seen:
-            if plan.is_unpruned():
-                self._seen[key] = self.baseline
-            elif self.counter is not None:
-                self._seen[key] = self.counter(plan)[0]
-            else:
-                self._seen[key] = self._pruned(plan)
-        return self._seen[key]
-
-    def _pruned(self, plan: PrunePlan) -> int:
-        pruned = apply_plan(copy.deepcopy(self.model), plan, self.example_input)
-        return count_flops_params(pruned, self.input_shape)[0]
+        return self.baseline if plan.is_unpruned() else self.costs(plan)[0]
 
     def confirm(self, plan: PrunePlan) -> bool:
-        """Whether ``plan``'s counted MACs are those of its pruned network (always, without a
-        counter). When they are not, the counter is dropped with everything it counted."""
-        if self.counter is None or plan.is_unpruned():
-            return True
-        counted, real = self(plan), self._pruned(plan)
-        if counted == real:
-            return True
-        logger.warning("counting plans from their widths gave %d MACs where the pruned network "
-                       "has %d (a layer models.plan_count does not model?); plans are pruned "
-                       "and counted from now on", counted, real)
-        self.counter = None
-        self._seen.clear()
-        return False
+        """Whether ``plan``'s count is its pruned network's (``PlanCosts.confirm``: when it
+        is not, every plan is pruned and counted from then on)."""
+        return plan.is_unpruned() or self.costs.confirm(plan)
 
 
 def _floor(group: GroupInfo, round_to: int) -> int:

@@ -13,7 +13,7 @@ from torch import nn
 from models import build_model, prunable_groups
 from models.measure import count_flops_params
 from models.plan import PrunePlan, apply_plan, removable_blocks
-from models.plan_count import PlanCounter
+from models.plan_count import PlanCosts, PlanCounter
 from tests.support.networks import ScaledNet
 
 
@@ -52,9 +52,24 @@ def test_counts_from_widths_equal_the_pruned_networks(arch: str, size: int,
         assert counter(plan) == count_flops_params(pruned, (3, size, size)), plan
 
 
-def test_a_layer_the_count_does_not_model_counts_wrong() -> None:
-    """What ``search.fitting.PlanFit.confirm`` is for (the search tests show the fallback)."""
+def test_a_layer_the_count_does_not_model_counts_wrong_until_confirmed() -> None:
+    """What ``PlanCosts.confirm`` is for: the count is refuted on the pruned network, and
+    from then on every plan is pruned and counted (the search tests show the re-sizing)."""
     model, x = ScaledNet(), torch.zeros(1, 3, 8, 8)
     plan = PrunePlan(keep={"conv1": 8, "conv2": 8}, drop_blocks=[], round_to=1)
     real = count_flops_params(apply_plan(copy.deepcopy(model), plan, x), (3, 8, 8))
     assert PlanCounter(model, x)(plan) != real
+
+    costs = PlanCosts(model, x)
+    assert costs(plan) != real and costs.counting
+    assert not costs.confirm(plan) and not costs.counting
+    assert costs(plan) == real and costs.confirm(plan)
+
+
+def test_counts_confirmed_on_the_pruned_network_go_on_counting() -> None:
+    torch.manual_seed(0)
+    model, x = build_model("cifar_resnet20", num_classes=10), torch.zeros(1, 3, 16, 16)
+    costs = PlanCosts(model, x)
+    plans = _random_plans(model, x, round_to=4, count=2, seed=3)
+    assert all(costs.confirm(plan) for plan in plans) and costs.counting
+    assert [costs(plan) for plan in plans] == [costs.pruned(plan) for plan in plans]

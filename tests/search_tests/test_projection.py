@@ -186,10 +186,10 @@ def test_counting_plans_from_their_widths_projects_them_as_pruning_them_does(
         counted = PlanProjection(model, x, limits, space, accuracy_only=accuracy_only)
         pruned = PlanProjection(model, x, limits, space, accuracy_only=accuracy_only,
                                 counted=False)
-        assert counted.fits is not None and counted.fits.counter is not None
+        assert counted.fits is not None and counted.fits.counts is not None
         for plan in plans:
             assert counted(plan).fingerprint() == pruned(plan).fingerprint()
-        assert counted.fits.counter is not None  # every count was confirmed
+        assert counted.fits.counts.counting  # every count was confirmed
 
 
 def test_a_plan_counted_wrong_from_its_widths_is_projected_on_pruned_networks() -> None:
@@ -205,7 +205,8 @@ def test_a_plan_counted_wrong_from_its_widths_is_projected_on_pruned_networks() 
     plan = space.to_plan({}, [])
     counted = PlanProjection(model, x, limits, space, accuracy_only=True)
     projected = counted(plan)
-    assert counted.fits is not None and counted.fits.counter is None
+    assert counted.fits is not None and counted.fits.counts is not None
+    assert not counted.fits.counts.counting
     assert projected.fingerprint() == PlanProjection(
         model, x, limits, space, accuracy_only=True, counted=False)(plan).fingerprint()
     assert count_flops_params(apply_plan(copy.deepcopy(model), projected, x), (3, 8, 8))[1] \

@@ -139,7 +139,7 @@ def _counting_prunes(monkeypatch: pytest.MonkeyPatch) -> list[PrunePlan]:
         pruned.append(plan)
         return apply_plan(network, plan, *args)
 
-    for sizer in ("search.fitting", "search.warm_start"):
+    for sizer in ("search.fitting", "models.plan_count"):
         monkeypatch.setattr(f"{sizer}.apply_plan", counting_apply_plan)
     return pruned
 

@@ -189,12 +189,12 @@ def test_a_flops_counter_counting_widths_confirms_on_the_pruned_network(network)
                        round_to=4) for share in (2, 4)]
     counter = FlopsCounter(model, x, counted=True)
     assert [counter(plan) for plan in plans] == [_pruned_macs(model, plan, x) for plan in plans]
-    assert all(counter.confirm(plan) for plan in plans) and counter.counter is not None
+    assert all(counter.confirm(plan) for plan in plans) and counter.costs.counting
 
-    widths = counter.counter
+    widths = counter.costs.counter
     assert widths is not None
     off_by_one = FlopsCounter(model, x, counted=True)
-    off_by_one.counter = lambda plan: (widths(plan)[0] + 1, widths(plan)[1])  # type: ignore[assignment]
+    off_by_one.costs.counter = lambda plan: (widths(plan)[0] + 1, widths(plan)[1])  # type: ignore[assignment]
     assert off_by_one(plans[0]) == _pruned_macs(model, plans[0], x) + 1
-    assert not off_by_one.confirm(plans[0]) and off_by_one.counter is None
+    assert not off_by_one.confirm(plans[0]) and not off_by_one.costs.counting
     assert off_by_one(plans[0]) == _pruned_macs(model, plans[0], x)
