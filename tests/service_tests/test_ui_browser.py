@@ -76,6 +76,11 @@ def chromium() -> str:
     return str(found)
 
 
+class Navigated(AssertionError):
+    """The page navigated while a command ran in it (DevTools: "Inspected target navigated
+    or closed"): a ``wait_for`` polling across a click that navigates can meet it."""
+
+
 class DevToolsPage:
     """One browser tab over the DevTools protocol; remembers errors and requested URLs."""
 
@@ -104,6 +109,9 @@ class DevToolsPage:
         while True:
             message = json.loads(self._connection.recv(timeout=30))
             if message.get("id") == self._next_id:
+                error = message.get("error", {})
+                if "navigated" in error.get("message", ""):
+                    raise Navigated(f"{method}: {error}")
                 assert "error" not in message, f"{method}: {message['error']}"
                 return message.get("result", {})  # type: ignore[no-any-return]
             self._record(message)
@@ -117,7 +125,10 @@ class DevToolsPage:
     def wait_for(self, expression: str, seconds: float = 20) -> Any:
         deadline = time.monotonic() + seconds
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except Navigated:
+                value = None  # the page navigated under the expression: ask the new one
             if value:
                 return value
             if time.monotonic() > deadline:
@@ -332,3 +343,16 @@ def test_the_api_docs_render_under_their_policy_from_this_server_alone(
     assert "DELETE" in page.evaluate("document.body.innerText")
     assert page.errors == []  # a blocked script or style would be one
     assert page.requested and all(url.startswith(server.url) for url in page.requested)
+
+
+def test_a_wait_whose_poll_meets_a_navigation_asks_the_new_page(server: LiveServer,
+                                                                page: DevToolsPage) -> None:
+    """The harness itself: a ``wait_for`` poll in flight when the page navigates (as after
+    a click on a job's link) is answered "Inspected target navigated or closed"; the wait
+    asks the new page instead of failing (it failed a CI run once)."""
+    page.open(f"{server.url}/ui/?key={server.key}")
+    page.wait_for("document.readyState === 'complete'")
+    target = f"/ui/jobs/{server.job_id}"
+    # The first poll navigates and never answers; the next one runs on the new page.
+    assert page.wait_for(f"location.pathname === '{target}' "
+                         f"|| new Promise(() => {{ location.href = '{target}'; }})")
