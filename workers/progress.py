@@ -7,20 +7,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from core.progress import JobProgress
 from core.spec import JobSpec
-from core.trial import TrialRecord
 from search.budget import is_surplus
 from search.rerank import RERANK_OF_ATTR
-from search.result import best_feasible_trials, search_result
+from search.result import FinishedTrial, best_feasible_trials, search_result
 from search.study import STARTED_AT_ATTR
 
 
-def best_so_far(trial: FrozenTrial) -> dict[str, Any]:
+def best_so_far(trial: FinishedTrial) -> dict[str, Any]:
     """The job's ``best`` while it searches: the trial's number, plan, accuracy and costs."""
-    return {"trial": trial.number, **TrialRecord.from_trial(trial).headline()}
+    return {"trial": trial.number, **trial.record.headline()}
 
 
 def progress_of(study: optuna.Study, spec: JobSpec,
@@ -45,9 +44,8 @@ def progress_of(study: optuna.Study, spec: JobSpec,
         trials_total=spec.search.n_trials,
     ).timed(max(0.0, time.time() - started))
     if spec.objective.mode == "pareto":
-        picked = search_result(study, spec, baseline).best
-        best = [trial for trial in trials if picked is not None
-                and trial.number == picked.number]
+        best = search_result(study, spec, baseline).best
     else:
-        best = best_feasible_trials(study)
-    return progress.model_dump(), best_so_far(best[0]) if best else None
+        feasible = best_feasible_trials(study)
+        best = FinishedTrial.of(feasible[0]) if feasible else None
+    return progress.model_dump(), best_so_far(best) if best is not None else None
