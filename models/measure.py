@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from ptflops import get_model_complexity_info
 from torch import Tensor, nn
 
 from core.errors import TopiaryError
@@ -72,6 +71,10 @@ def count_flops_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[
         TopiaryError: ptflops could not run the model on that input.
     """
     counted = copy.deepcopy(model)
+    # Imported here: ptflops imports torchvision (and with it torch._dynamo), seconds a
+    # worker would otherwise spend starting.
+    from ptflops import get_model_complexity_info
+
     counted.requires_grad_(True)  # ptflops counts only parameters that require grad
     device = model_device(counted)
     macs, params = get_model_complexity_info(

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
                                       "and slow ones (the reverse proxy logs them all)")
     lease_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    heartbeat_seconds: int = Field(
+        default=10, ge=1, le=3600,
+        description="seconds between a running trial's heartbeats: a trial whose heartbeats "
+                    "stop for twice this (its worker died) is failed and run again")
     stall_floor_seconds: float = Field(
         default=600.0, gt=0, description="a search with no finished trial for this long "
                                          "(or longer, see stall_trial_multiple) is stalled")

@@ -35,7 +35,6 @@ from search.final_timing import FinalTimer
 from search.objective import SearchContext
 from search.rerank_weights import RerankWeights
 from search.result import FinishedTrial, search_result
-from search.storage import open_storage
 from search.study import open_study, study_name_for
 from service.jobs import ArtifactFile, JobStatus, fail_job, get_job, succeed_job, transition
 from workers.context import search_context
@@ -52,7 +51,7 @@ def finalize(runtime: WorkerRuntime, run: JobRun) -> None:
     """Take a ``finalizing`` job to ``succeeded``, or to ``failed`` when no plan fits or
     when no plan tried meets its limits in the final timing (``search.delivery``)."""
     spec, job = run.spec, run.job
-    study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(job.id), spec)
+    study = open_study(runtime.study_storage(), study_name_for(job.id), spec)
     with tempfile.TemporaryDirectory(prefix="topiary-final-") as scratch:
         # One timer for the re-rank and delivery: an architecture timed twice is judged on
         # every round of both (search.final_timing).

@@ -13,7 +13,6 @@ from search.costs import LatencyCache
 from search.objective import latency_counts, measure_baseline
 from search.seeding import PlanProbe, seed_plans, target_ratio
 from search.space import SearchSpace
-from search.storage import open_storage
 from search.study import enqueue_plans, open_study, study_name_for
 from service.jobs import JobStatus, set_baseline, set_study_name, transition
 from workers.context import job_network, scored_dataset
@@ -62,7 +61,7 @@ def prepare(runtime: WorkerRuntime, run: JobRun) -> None:
                        allow_block_removal=spec.search.allow_block_removal,
                        probe=PlanProbe(model, example, splits), measured=measured)
     name = study_name_for(job.id)
-    study = open_study(open_storage(runtime.settings.optuna_url), name, spec)
+    study = open_study(runtime.study_storage(), name, spec)
     queued = enqueue_plans(study, space, plans, measured)
     set_study_name(runtime.engine, job.id, name)
     runtime.event(run, "warm_start", f"{queued} warm-start plans queued",

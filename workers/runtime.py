@@ -7,10 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.storages import RDBStorage
 from sqlalchemy import Engine
 
 from core.spec import JobSpec, resolve_data_root
 from models.datasets import DataSplits, load_dataset
+from search.storage import open_storage
 from service.config import Settings
 from service.jobs import ClaimedJob, append_event, set_phase
 from workers.device import WorkerDevice
@@ -61,6 +63,10 @@ class WorkerRuntime:
             return spec
         return spec.model_copy(update={"latency": timing.model_copy(
             update={"threads": self.device.timing_threads})})
+
+    def study_storage(self) -> RDBStorage:
+        """Optuna's storage, its trials' heartbeats ``Settings.heartbeat_seconds`` apart."""
+        return open_storage(self.settings.optuna_url, self.settings.heartbeat_seconds)
 
     def load_data(self, spec: JobSpec) -> DataSplits:
         root = None

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from core.trial import HEADLINE_FIELDS, TrialRecord
 from search.budget import is_surplus
 from search.objective import Objective
-from search.storage import open_storage, silence_optuna_logs
+from search.storage import silence_optuna_logs
 from search.study import open_study, run_trials, study_name_for
 from service.errors import InvalidTransitionError
 from service.jobs import JobStatus, transition, update_progress
@@ -44,7 +44,7 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
     silence_optuna_logs()
     spec = run.spec
     context = search_context(runtime, run)
-    study = open_study(open_storage(runtime.settings.optuna_url), study_name_for(run.job.id), spec)
+    study = open_study(runtime.study_storage(), study_name_for(run.job.id), spec)
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if is_surplus(trial):

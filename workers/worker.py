@@ -275,10 +275,22 @@ class Worker:
                              f"giving job {run.job.id} back", stop=self.runtime.stopping)
 
 
+#: Packages whose log lines a worker writes at ``Settings.log_level``; every other
+#: library's only from WARNING up (the ONNX exporter logs each optimisation pass at INFO).
+OWN_LOGGERS = ("topiary", "core", "models", "search", "workers")
+
+
+def configure_logging(level: str) -> None:
+    """A worker's log: its own lines at ``level``, other libraries' from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(level.upper())
+
+
 def main(device: str = "auto", threads: int | None = None, exit_when_idle: bool = False) -> int:
     """Entry point of ``topiary worker``: returns the process exit status."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings()
+    configure_logging(settings.log_level)
     settings.ensure_directories()
     worker = Worker(settings, device=device, threads=threads)
     worker.install_signal_handlers()

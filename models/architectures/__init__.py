@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
 from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock as TorchvisionBasicBlock
-from torchvision.models.resnet import Bottleneck
 
 from core.catalog import ARCHITECTURES, PLUGIN_GROUP
 from core.errors import InvalidSpecError, UnknownArchitectureError
@@ -62,7 +60,16 @@ def build_model(arch: str, **arguments: Any) -> nn.Module:
     return builder(**arguments)
 
 
-_RESIDUAL_TYPES = (CifarBasicBlock, TorchvisionBasicBlock, Bottleneck, InvertedResidual)
+def _torchvision_blocks() -> tuple[tuple[type[nn.Module], ...], tuple[type[nn.Module], ...]]:
+    """torchvision's residual blocks: ``(ResNet blocks, MobileNetV2 blocks)``; none while
+    torchvision is not imported, as no network can hold one then (importing it costs a
+    worker seconds, for networks that may not use it)."""
+    if "torchvision" not in sys.modules:
+        return (), ()
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return (BasicBlock, Bottleneck), (InvertedResidual,)
 
 
 def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
@@ -71,11 +78,13 @@ def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
     Returns:
         qualified module name -> block, in network order.
     """
+    resnet_blocks, inverted_residuals = _torchvision_blocks()
+    residual_types = (CifarBasicBlock, *resnet_blocks)
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if isinstance(module, InvertedResidual):
+        if isinstance(module, inverted_residuals):
             if module.use_res_connect:
                 found[name] = module
-        elif isinstance(module, _RESIDUAL_TYPES) and getattr(module, "downsample", None) is None:
+        elif isinstance(module, residual_types) and getattr(module, "downsample", None) is None:
             found[name] = module
     return found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision import models as tv
 
 
 def build_torchvision(name: str, num_classes: int = 1000, small_input: bool = False,
@@ -17,6 +16,10 @@ def build_torchvision(name: str, num_classes: int = 1000, small_input: bool = Fa
             no max-pool; MobileNetV2 gets a stride-1 first conv.
         in_channels: input channels (1 for grayscale data kept at one channel).
     """
+    # Imported here: torchvision takes seconds to import (its detection ops load
+    # torch._dynamo), and a worker needs it only for these networks.
+    from torchvision import models as tv
+
     model = getattr(tv, name)(weights=None, num_classes=num_classes)
     if name.startswith("resnet"):
         stem = (3, 1, 1) if small_input else (7, 2, 3)

@@ -26,17 +26,19 @@ compete with groups, blocks with blocks.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from sklearn.cross_decomposition import PLSRegression
 from torch import Tensor, nn
 
 from models.datasets import DataSplits
 
 from .base import calibration_batches
 from .targets import ScoringTargets, eval_mode
+
+if TYPE_CHECKING:
+    from sklearn.cross_decomposition import PLSRegression
 
 DEFAULT_SETTINGS: dict[str, Any] = {
     "components": 4,
@@ -88,6 +90,9 @@ def fit_pls(features: np.ndarray, targets: np.ndarray,
     if usable == 0 or samples < 2:
         return np.zeros(count), np.zeros((samples, 1))
     kept = min(components, usable, samples - 1)
+    # Imported here: scikit-learn takes seconds to import, and only PLS scoring needs it.
+    from sklearn.cross_decomposition import PLSRegression
+
     pls = PLSRegression(n_components=kept)
     with warnings.catch_warnings():
         # Fewer informative directions than components: sklearn warns and stops early.

@@ -66,6 +66,28 @@ def test_catalog_is_torch_free() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_a_worker_starts_without_scikit_learn_or_torchvision() -> None:
+    # Together they cost a worker several seconds of start-up; only PLS scoring and the
+    # torchvision networks need them, and those import them when they run.
+    code = ("import sys, workers.worker; "
+            "loaded = [m for m in ('sklearn', 'torchvision') if m in sys.modules]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_fresh_process_finds_the_blocks_of_torchvision_networks() -> None:
+    # residual_blocks() looks for torchvision's blocks only once torchvision is imported:
+    # building the network imports it, in a process that never did before.
+    code = ("import sys; from models.architectures import build_model, residual_blocks; "
+            "assert 'torchvision' not in sys.modules; "
+            "blocks = residual_blocks(build_model('resnet18', num_classes=10)); "
+            "assert sorted(blocks) == ['layer1.0', 'layer1.1', 'layer2.1', 'layer3.1', "
+            "'layer4.1'], sorted(blocks); "
+            "blocks = residual_blocks(build_model('mobilenet_v2', num_classes=10)); "
+            "assert len(blocks) == 10, sorted(blocks)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_package_re_exports_functions_even_after_submodule_imports() -> None:
     import models.measure
     import models.train

@@ -37,6 +37,11 @@ from tests.support._private_postgres import PrivatePostgres
 from tests.support._waiting import wait_for
 from tests.support.specs import chaos_spec
 
+#: Seconds between the trial heartbeats of the reliability tier's workers: a trial whose
+#: worker was killed is failed after twice this (``TOPIARY_HEARTBEAT_SECONDS``; 10 by
+#: default, so each kill would wait 20 s).
+FAULT_HEARTBEAT_SECONDS = 4
+
 
 @dataclass
 class Api:
@@ -124,7 +129,7 @@ class Cluster:
         return program_environment(
             settings.home, settings.database_url, settings.optuna_url,
             lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-            max_upload_mb=settings.max_upload_mb,
+            heartbeat_seconds=settings.heartbeat_seconds, max_upload_mb=settings.max_upload_mb,
             max_concurrent_jobs_per_tenant=settings.max_concurrent_jobs_per_tenant,
             stall_floor_seconds=settings.stall_floor_seconds,
             stall_trial_multiple=settings.stall_trial_multiple,
