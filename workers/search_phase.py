@@ -16,7 +16,6 @@ from optuna.trial import FrozenTrial, TrialState
 from core.trial import HEADLINE_FIELDS, TrialRecord
 from search.budget import is_surplus
 from search.objective import Objective
-from search.storage import silence_optuna_logs
 from search.study import open_study, run_trials, study_name_for
 from service.errors import InvalidTransitionError
 from service.jobs import JobStatus, transition, update_progress
@@ -41,7 +40,6 @@ def search(runtime: WorkerRuntime, run: JobRun) -> bool:
     Returns:
         True when this worker won the move to ``finalizing`` and must finalise.
     """
-    silence_optuna_logs()
     spec = run.spec
     context = search_context(runtime, run)
     study = open_study(runtime.study_storage(), study_name_for(run.job.id), spec)

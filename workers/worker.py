@@ -27,6 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from core.errors import DatasetError, InvalidSpecError, TopiaryError, TrainingCancelled
+from search.storage import silence_optuna_logs
 from service.config import Settings
 from service.db import create_engine_for
 from service.errors import InvalidTransitionError
@@ -285,6 +286,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
+    silence_optuna_logs()  # Optuna's own handler: a line per study and trial, which events carry
 
 
 def main(device: str = "auto", threads: int | None = None, exit_when_idle: bool = False) -> int:
