@@ -79,7 +79,7 @@ def residual_blocks(model: nn.Module) -> dict[str, nn.Module]:
         qualified module name -> block, in network order.
     """
     resnet_blocks, inverted_residuals = _torchvision_blocks()
-    residual_types = (CifarBasicBlock, *resnet_blocks)
+    residual_types: tuple[type[nn.Module], ...] = (CifarBasicBlock, *resnet_blocks)
     found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
         if isinstance(module, inverted_residuals):
