@@ -276,9 +276,10 @@ class Worker:
                              f"giving job {run.job.id} back", stop=self.runtime.stopping)
 
 
-#: Packages whose log lines a worker writes at ``Settings.log_level``; every other
-#: library's only from WARNING up (the ONNX exporter logs each optimisation pass at INFO).
-OWN_LOGGERS = ("topiary", "core", "models", "search", "workers")
+#: Our packages' loggers, whose lines a worker writes at ``Settings.log_level``; every
+#: other library's only from WARNING up (the ONNX exporter logs each optimisation pass at
+#: INFO).
+OWN_LOGGERS = ("topiary", "core", "models", "search", "workers", "service", "cli")
 
 
 def configure_logging(level: str) -> None:
