@@ -85,6 +85,8 @@ class Worker:
                  poll_seconds: float = 1.0, runtimes: Sequence[str] | None = None) -> None:
         self.settings = settings
         self.poll_seconds = poll_seconds
+        # Optuna logs through its own handler a line per study and trial; events carry them.
+        silence_optuna_logs()
         engine = create_engine_for(settings.database_url)
         worker_device = open_device(device, threads)
         if runtimes is not None:
@@ -287,7 +289,6 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
-    silence_optuna_logs()  # Optuna's own handler: a line per study and trial, which events carry
 
 
 def main(device: str = "auto", threads: int | None = None, exit_when_idle: bool = False) -> int:
