@@ -14,7 +14,7 @@ from models import build_model, prunable_groups
 from models.measure import count_flops_params
 from models.plan import PrunePlan, apply_plan, removable_blocks
 from models.plan_count import PlanCosts, PlanCounter
-from tests.support.networks import ScaledNet
+from tests.support.networks import ScaledNet, unwrapped_scale_warning
 
 
 def _random_plans(model: nn.Module, x: torch.Tensor, round_to: int, count: int,
@@ -52,6 +52,7 @@ def test_counts_from_widths_equal_the_pruned_networks(arch: str, size: int,
         assert counter(plan) == count_flops_params(pruned, (3, size, size)), plan
 
 
+@unwrapped_scale_warning
 def test_a_layer_the_count_does_not_model_counts_wrong_until_confirmed() -> None:
     """What ``PlanCosts.confirm`` is for: the count is refuted on the pruned network, and
     from then on every plan is pruned and counted (the search tests show the re-sizing)."""

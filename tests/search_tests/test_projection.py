@@ -19,7 +19,7 @@ from search.projection import PlanProjection
 from search.space import DROP_PREFIX, KEEP_PREFIX, SearchSpace
 from search.study import enqueue_plans
 from tests.search_tests.conftest import make_spec
-from tests.support.networks import ScaledNet
+from tests.support.networks import ScaledNet, unwrapped_scale_warning
 
 ROUND_TO = 8
 
@@ -192,6 +192,7 @@ def test_counting_plans_from_their_widths_projects_them_as_pruning_them_does(
         assert counted.fits.counts.counting  # every count was confirmed
 
 
+@unwrapped_scale_warning
 def test_a_plan_counted_wrong_from_its_widths_is_projected_on_pruned_networks() -> None:
     """A layer the count does not model (``tests/models_tests/test_plan_count.py``): the
     projected plan is confirmed on its pruned network, the difference seen, and the

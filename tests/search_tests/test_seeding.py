@@ -28,7 +28,7 @@ from search.fitting import MEASURED_MARGIN, PlanFit, fitted_plans
 from search.seeding import PROBED_DEPTHS, PlanProbe, SeedTarget, seed_plans, target_ratio
 from search.warm_start import FlopsCounter, shaped_plan
 from tests.search_tests.conftest import ScriptedTimer
-from tests.support.networks import ScaledNet
+from tests.support.networks import ScaledNet, unwrapped_scale_warning
 
 INPUT = (3, 16, 16)
 
@@ -165,6 +165,7 @@ def test_plans_are_sized_by_counting_their_widths(  # type: ignore[no-untyped-de
     assert len(pruned) > 3 * len(plans)  # what pruning every check cost
 
 
+@unwrapped_scale_warning
 def test_a_plan_counted_wrong_from_its_widths_is_seeded_on_pruned_networks(  # type: ignore[no-untyped-def]
         monkeypatch) -> None:
     """A layer the count does not model (``tests/support/networks.py``): the confirmation

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-__all__ = ["ChannelScale", "ScaledNet"]
+__all__ = ["ChannelScale", "ScaledNet", "unwrapped_scale_warning"]
+
+#: Torch-Pruning warns that it prunes ``ChannelScale.gamma``'s last non-singleton
+#: dimension: what the tests of a layer the count does not model rely on.
+unwrapped_scale_warning = pytest.mark.filterwarnings(
+    "ignore:Unwrapped parameters detected:UserWarning")
 
 
 class ChannelScale(nn.Module):
