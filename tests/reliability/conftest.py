@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import FAULT_HEARTBEAT_SECONDS, Cluster
+from tests.support.cluster import Cluster
 
 
 @pytest.fixture
@@ -17,6 +17,5 @@ def cluster(postgres_admin_url: str, postgres_template: str, tmp_path: Path) -> 
     The processes' logs stay under the test's ``tmp_path/logs``.
     """
     with Cluster.create(postgres_admin_url, tmp_path / "home", template=postgres_template,
-                        logs=tmp_path / "logs",
-                        heartbeat_seconds=FAULT_HEARTBEAT_SECONDS) as cluster:
+                        logs=tmp_path / "logs") as cluster:
         yield cluster

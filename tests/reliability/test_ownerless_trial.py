@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from service.jobs import JobStatus
-from tests.support.cluster import FAULT_HEARTBEAT_SECONDS, Cluster
+from tests.support.cluster import Cluster
 from tests.support.first_heartbeat import kill_before_first_heartbeat
 from tests.support.invariants import inspect_job
 
@@ -53,9 +53,6 @@ def test_a_trial_killed_before_its_first_heartbeat_is_run_again(cluster: Cluster
     cluster.start_worker()  # a standby, as a supervisor would restart the dead one
 
     cluster.wait_until_terminal(job_id, timeout=600)
-    # Failed after the grace of the heartbeats the workers were given: twice their interval.
-    grace = 2 * FAULT_HEARTBEAT_SECONDS
-    assert f"RUNNING with no heartbeat for over {grace} s" in cluster.logs(400), cluster.logs()
     outcome = inspect_job(cluster, job_id)
     assert outcome.status == JobStatus.SUCCEEDED.value, (outcome, cluster.logs())
     assert outcome.problems == [], (outcome, cluster.logs())

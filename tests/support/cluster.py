@@ -37,9 +37,9 @@ from tests.support._private_postgres import PrivatePostgres
 from tests.support._waiting import wait_for
 from tests.support.specs import chaos_spec
 
-#: Seconds between the trial heartbeats of the reliability tier's workers: a trial whose
-#: worker was killed is failed after twice this (``TOPIARY_HEARTBEAT_SECONDS``; 10 by
-#: default, so each kill would wait 20 s).
+#: Seconds between trial heartbeats for tests that kill a worker mid-trial: its trial is
+#: failed after twice this (``TOPIARY_HEARTBEAT_SECONDS``; 10 by default, a 20 s wait).
+#: Not with ``tests.support.first_heartbeat``, which holds heartbeats back for seconds.
 FAULT_HEARTBEAT_SECONDS = 4
 
 

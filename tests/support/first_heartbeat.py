@@ -24,7 +24,8 @@ from cli.processes import ChildProcess
 from service.jobs import JobStatus
 from tests.support.cluster import Cluster
 
-#: How long heartbeat writes may be held back: the grace period is 20 s.
+#: How long heartbeat writes may be held back: well under the grace period (20 s by
+#: default), or the held trials' own heartbeats would be judged stale.
 HOLD_SECONDS = 5.0
 
 # A trial of the study, RUNNING, with no heartbeat row, whose objective already
@@ -91,6 +92,12 @@ def strike_before_first_heartbeat(cluster: Cluster, job_id: str,
     Returns:
         The trial struck, or None when none of the job's trials started in time.
     """
+    # A running trial's last heartbeat may be an interval old when the hold starts; held,
+    # it must stay younger than the grace (twice the interval) or a live trial goes stale.
+    interval = cluster.settings.heartbeat_seconds
+    assert interval + hold_seconds + 2 <= 2 * interval, (
+        f"holding heartbeats {hold_seconds} s needs TOPIARY_HEARTBEAT_SECONDS of at least "
+        f"{hold_seconds + 2:.0f}, not {interval}")
     job = cluster.job(job_id)
     if job.status != JobStatus.SEARCHING.value or job.study_name is None:
         return None

@@ -1,0 +1,20 @@
+"""What a worker's phases share (``workers.runtime``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import Settings
+from tests.workers_tests.conftest import make_settings
+from workers.worker import Worker
+
+
+def test_trial_heartbeats_follow_the_workers_setting(tmp_path, sqlite_settings: Settings,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOPIARY_HEARTBEAT_SECONDS", "3")
+    settings = make_settings(tmp_path / "home", sqlite_settings.database_url,
+                             sqlite_settings.optuna_url)
+    storage = Worker(settings, device="cpu", threads=1).runtime.study_storage()
+    # A trial whose worker died is failed after twice the interval (10 s, 20 s by default).
+    assert (storage.heartbeat_interval, storage.grace_period) == (3, 6)
+    storage.engine.dispose()
