@@ -29,7 +29,7 @@ from rich.markup import escape
 from cli.client import ClientError, TopiaryClient
 from cli.processes import ChildExited, ChildProcesses, free_port
 from cli.view import JobWatcher, job_summary
-from service.config import Settings
+from service.config import Settings, settings_problems
 
 DEMO_JOB_NAME = "topiary-demo-resnet20-digits"
 ACTIVE_STATUSES = ("queued", "preparing", "searching", "finalizing")
@@ -247,9 +247,8 @@ def run_demo(options: DemoOptions, console: Console, errors: Console) -> int:
     try:
         demo = Demo(options, console, errors)
     except ValidationError as error:
-        reasons = "; ".join(f"TOPIARY_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
-                            for e in error.errors())
-        errors.print(f"[red]demo failed:[/red] bad settings: {escape(reasons)}", highlight=False)
+        errors.print(f"[red]demo failed:[/red] bad settings: "
+                     f"{escape(settings_problems(error))}", highlight=False)
         return EXIT_FAILED
     except OSError as error:
         errors.print(f"[red]demo failed:[/red] cannot prepare TOPIARY_HOME: {escape(str(error))}",

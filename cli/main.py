@@ -17,11 +17,13 @@ import sys
 from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy import Engine
 
 from cli import jobs as cli_jobs
-from service.config import get_settings
+from service.config import Settings, get_settings, settings_problems
 from service.errors import ConfigurationError, NotFoundError
 from service.logs import configure_logging
 
@@ -32,6 +34,17 @@ app.add_typer(keys_app, name="keys")
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 logger = logging.getLogger("cli.main")
+
+
+def _settings() -> Settings:
+    """The settings from the environment; when one is wrong, a line naming its variable
+    and exit status 2 (not pydantic's traceback)."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        errors.print(f"[red]bad settings:[/red] {escape(settings_problems(error))}",
+                     highlight=False)
+        raise typer.Exit(code=2) from None
 
 
 @app.command()
@@ -49,7 +62,7 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
     from service.api.server import uvicorn_options
     from service.db import migrate
 
-    settings = get_settings()
+    settings = _settings()
     updates = {key: value for key, value in {"host": host, "port": port,
                                              "api_processes": processes}.items()
                if value is not None}
@@ -102,7 +115,7 @@ def migrate() -> None:
     """Create or upgrade our tables (TOPIARY_DATABASE_URL); safe to run again."""
     from service.db import migrate as migrate_database
 
-    settings = get_settings()
+    settings = _settings()
     configure_logging(settings.log_level)
     migrate_database(settings.database_url)
     console.print("database migrated", highlight=False)
@@ -152,7 +165,7 @@ def _keys_engine() -> Engine:
     """Our database, migrated (key commands may run before the first `serve`)."""
     from service.db import create_engine_for, migrate
 
-    settings = get_settings()
+    settings = _settings()
     migrate(settings.database_url)
     return create_engine_for(settings.database_url)
 

@@ -13,10 +13,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigurationError
+
+#: The levels ``TOPIARY_LOG_LEVEL`` may name (``logging``'s own, in any case).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _DRIVERLESS_POSTGRES = ("postgres://", "postgresql://")
 
@@ -106,12 +109,21 @@ class Settings(BaseSettings):
     stall_trial_multiple: float = Field(
         default=3.0, ge=1, description="the stall bound is at least this many times the "
                                        "job's longest finished trial")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or "
+                                                         "CRITICAL, in any case")
 
     @field_validator("database_url", "optuna_url")
     @classmethod
     def _normalise_url(cls, value: str) -> str:
         return normalise_database_url(value.strip())
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"a log level is one of {', '.join(LOG_LEVELS)}")
+        return level
 
     @field_validator("rate_limit")
     @classmethod
@@ -184,6 +196,17 @@ def private_folder(folder: Path) -> Path:
     for created in missing:
         created.chmod(0o700)
     return folder
+
+
+def settings_problems(error: ValidationError) -> str:
+    """What is wrong with the settings, by the variable that sets each
+    (``TOPIARY_LEASE_SECONDS: Input should be greater than 0``); values are left out, as
+    a database URL may hold a password."""
+    problems = []
+    for problem in error.errors():
+        field = "_".join(map(str, problem["loc"])).upper()
+        problems.append(f"TOPIARY_{field}: {problem['msg']}" if field else problem["msg"])
+    return "; ".join(problems)
 
 
 @lru_cache(maxsize=1)

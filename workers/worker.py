@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from core.errors import DatasetError, InvalidSpecError, TopiaryError, TrainingCancelled
 from search.storage import silence_optuna_logs
-from service.config import Settings
+from service.config import Settings, settings_problems
 from service.db import create_engine_for
 from service.errors import InvalidTransitionError
 from service.jobs import (
@@ -292,8 +292,13 @@ def configure_logging(level: str) -> None:
 
 
 def main(device: str = "auto", threads: int | None = None, exit_when_idle: bool = False) -> int:
-    """Entry point of ``topiary worker``: returns the process exit status."""
-    settings = Settings()
+    """Entry point of ``topiary worker``: returns the process exit status (2: bad settings)."""
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        configure_logging("INFO")
+        log.error("bad settings: %s", settings_problems(error))
+        return 2
     configure_logging(settings.log_level)
     settings.ensure_directories()
     worker = Worker(settings, device=device, threads=threads)

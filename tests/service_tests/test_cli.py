@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from service.config import get_settings
+from service.config import Settings, get_settings
 from service.db import create_engine_for, session_scope
 from service.tenants import authenticate
 from tests.support import program_environment, served_api
@@ -83,6 +83,44 @@ def test_serve_refuses_several_processes_on_sqlite(monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 2
     assert "PostgreSQL" in result.output and "TOPIARY_API_PROCESSES=1" in result.output
     assert not (tmp_path / "topiary.db").exists()
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("TOPIARY_LEASE_SECONDS", "-1", "TOPIARY_LEASE_SECONDS: Input should be greater than 0"),
+    ("TOPIARY_LOG_LEVEL", "verbose",
+     "TOPIARY_LOG_LEVEL: Value error, a log level is one of DEBUG, INFO, WARNING, ERROR, "
+     "CRITICAL"),
+])
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["keys", "create", "--tenant", "a"]])
+def test_a_bad_setting_is_named_without_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], variable: str,
+        value: str, message: str) -> None:
+    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "topiary.db").exists()
+
+
+def test_the_demo_names_a_bad_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
+    monkeypatch.setenv("TOPIARY_LOG_LEVEL", "chatty")
+    result = CliRunner().invoke(app, ["demo"])
+    assert result.exit_code == 1, result.output
+    assert "demo failed: bad settings: TOPIARY_LOG_LEVEL: Value error, a log level is one of" \
+        in " ".join(result.output.split()), result.output
+
+
+def test_log_levels_are_named_in_any_case(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("TOPIARY_LOG_LEVEL", " warning ")
+    assert Settings(home=tmp_path).log_level == "WARNING"
 
 
 def _histogram_count(metrics: str, route: str) -> float:
