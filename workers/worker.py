@@ -27,6 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from core.errors import DatasetError, InvalidSpecError, TopiaryError, TrainingCancelled
+from models.devices import DeviceUnavailableError
 from search.storage import silence_optuna_logs
 from service.config import Settings, settings_problems
 from service.db import create_engine_for
@@ -301,7 +302,11 @@ def main(device: str = "auto", threads: int | None = None, exit_when_idle: bool 
         return 2
     configure_logging(settings.log_level)
     settings.ensure_directories()
-    worker = Worker(settings, device=device, threads=threads)
+    try:
+        worker = Worker(settings, device=device, threads=threads)
+    except DeviceUnavailableError as error:
+        log.error("%s", error)
+        return 2
     worker.install_signal_handlers()
     started = time.time()
     worker.run_forever(exit_when_idle=exit_when_idle)

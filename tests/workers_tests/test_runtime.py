@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import torch
 
 from service.config import Settings
 from tests.support import program_environment, worker_command
@@ -30,4 +31,16 @@ def test_a_worker_with_a_bad_setting_names_it_and_exits_2(tmp_path) -> None:
     assert finished.returncode == 2, finished.stderr
     assert "bad settings: TOPIARY_HEARTBEAT_SECONDS: Input should be greater than or equal " \
            "to 1" in finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7"])
+def test_a_worker_asked_for_a_device_it_lacks_says_so_and_exits_2(tmp_path, device: str) -> None:
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    finished = subprocess.run(worker_command("--device", device),
+                              env=program_environment(tmp_path), capture_output=True,
+                              text=True, timeout=120)
+    assert finished.returncode == 2, finished.stderr
+    assert f"device {device!r}" in finished.stderr, finished.stderr
     assert "Traceback" not in finished.stderr, finished.stderr
