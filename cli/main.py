@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 
 from cli import jobs as cli_jobs
 from service.config import Settings, get_settings, settings_problems
-from service.errors import ConfigurationError, NotFoundError
+from service.errors import ConfigurationError, DatabaseError, NotFoundError
 from service.logs import configure_logging
 
 app = typer.Typer(help="Topiary: prune PyTorch CNNs to a latency and memory budget.",
@@ -47,6 +47,19 @@ def _settings() -> Settings:
         raise typer.Exit(code=2) from None
 
 
+def _migrated(settings: Settings) -> None:
+    """Migrate our database; when it cannot be reached or refuses, a line saying so and
+    exit status 2 (the URL shown without its password)."""
+    from service.db import migrate
+
+    try:
+        migrate(settings.database_url)
+    except DatabaseError as error:
+        errors.print(f"[red]cannot use the database:[/red] {escape(str(error))}; check that "
+                     "it runs and that TOPIARY_DATABASE_URL names it", highlight=False)
+        raise typer.Exit(code=2) from None
+
+
 @app.command()
 def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_HOST)")] = None,
           port: Annotated[int | None, typer.Option(help="port (TOPIARY_PORT)")] = None,
@@ -60,7 +73,6 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
     from service.api.app import create_app
     from service.api.metrics import MULTIPROCESS_DIR_VARIABLE, fresh_metrics_dir
     from service.api.server import uvicorn_options
-    from service.db import migrate
 
     settings = _settings()
     updates = {key: value for key, value in {"host": host, "port": port,
@@ -76,7 +88,7 @@ def serve(host: Annotated[str | None, typer.Option(help="bind address (TOPIARY_H
     configure_logging(settings.log_level)
     os.umask(0o077)  # the database, uploads and logs it creates are its user's alone
     settings.ensure_directories()
-    migrate(settings.database_url)
+    _migrated(settings)
     logger.info("serving", extra={"host": settings.host, "port": settings.port,
                                   "auth": settings.auth, "processes": settings.api_processes})
     if settings.api_processes == 1:
@@ -113,11 +125,9 @@ def worker(device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N"
 @app.command()
 def migrate() -> None:
     """Create or upgrade our tables (TOPIARY_DATABASE_URL); safe to run again."""
-    from service.db import migrate as migrate_database
-
     settings = _settings()
     configure_logging(settings.log_level)
-    migrate_database(settings.database_url)
+    _migrated(settings)
     console.print("database migrated", highlight=False)
 
 
@@ -163,10 +173,10 @@ def demo(n_trials: Annotated[int, typer.Option(min=1, help="search budget")] = 1
 
 def _keys_engine() -> Engine:
     """Our database, migrated (key commands may run before the first `serve`)."""
-    from service.db import create_engine_for, migrate
+    from service.db import create_engine_for
 
     settings = _settings()
-    migrate(settings.database_url)
+    _migrated(settings)
     return create_engine_for(settings.database_url)
 
 

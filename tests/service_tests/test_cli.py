@@ -108,6 +108,23 @@ def test_a_bad_setting_is_named_without_a_traceback(
     assert not (tmp_path / "topiary.db").exists()
 
 
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["keys", "create", "--tenant", "a"]])
+def test_a_database_that_does_not_answer_is_one_line_without_its_password(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str]) -> None:
+    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
+    monkeypatch.setenv("TOPIARY_DATABASE_URL", "postgresql+psycopg://ops:hunter2@127.0.0.1:1/x")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, command)
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "cannot use the database: migrating postgresql+psycopg://ops:***@127.0.0.1:1/x" \
+        in output and "TOPIARY_DATABASE_URL" in output, result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
 def test_the_demo_names_a_bad_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
     monkeypatch.setenv("TOPIARY_LOG_LEVEL", "chatty")
