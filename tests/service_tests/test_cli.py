@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,6 +14,21 @@ from service.config import Settings, get_settings
 from service.db import create_engine_for, session_scope
 from service.tenants import authenticate
 from tests.support import program_environment, served_api
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """``serve`` and ``migrate`` point the root logger at the stderr CliRunner gives them
+    (``service.logs.configure_logging``), which it closes: later tests in this process
+    would log into a closed file."""
+    loggers = [logging.getLogger(name) for name in
+               ("", "uvicorn", "uvicorn.error", "uvicorn.access", "alembic")]
+    saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    yield
+    for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 @pytest.fixture
