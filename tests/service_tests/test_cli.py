@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.main import app
 from service.config import Settings, get_settings
@@ -101,6 +101,19 @@ def test_serve_refuses_several_processes_on_sqlite(monkeypatch: pytest.MonkeyPat
     assert not (tmp_path / "topiary.db").exists()
 
 
+def _invoke_with(monkeypatch: pytest.MonkeyPatch, home: Path, command: list[str],
+                 variables: dict[str, str]) -> Result:
+    """``topiary COMMAND`` with ``TOPIARY_HOME`` at ``home`` and ``variables`` set."""
+    monkeypatch.setenv("TOPIARY_HOME", str(home))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        return CliRunner().invoke(app, command)
+    finally:
+        get_settings.cache_clear()
+
+
 @pytest.mark.parametrize(("variable", "value", "message"), [
     ("TOPIARY_LEASE_SECONDS", "-1", "TOPIARY_LEASE_SECONDS: Input should be greater than 0"),
     ("TOPIARY_LOG_LEVEL", "verbose",
@@ -111,13 +124,7 @@ def test_serve_refuses_several_processes_on_sqlite(monkeypatch: pytest.MonkeyPat
 def test_a_bad_setting_is_named_without_a_traceback(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str], variable: str,
         value: str, message: str) -> None:
-    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
-    monkeypatch.setenv(variable, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, command)
-    finally:
-        get_settings.cache_clear()
+    result = _invoke_with(monkeypatch, tmp_path, command, {variable: value})
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert message in " ".join(result.output.split()), result.output
@@ -127,13 +134,8 @@ def test_a_bad_setting_is_named_without_a_traceback(
 @pytest.mark.parametrize("command", [["serve"], ["migrate"], ["keys", "create", "--tenant", "a"]])
 def test_a_database_that_does_not_answer_is_one_line_without_its_password(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, command: list[str]) -> None:
-    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
-    monkeypatch.setenv("TOPIARY_DATABASE_URL", "postgresql+psycopg://ops:hunter2@127.0.0.1:1/x")
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, command)
-    finally:
-        get_settings.cache_clear()
+    result = _invoke_with(monkeypatch, tmp_path, command, {
+        "TOPIARY_DATABASE_URL": "postgresql+psycopg://ops:hunter2@127.0.0.1:1/x"})
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
     assert "cannot use the database: migrating postgresql+psycopg://ops:***@127.0.0.1:1/x" \
