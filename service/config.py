@@ -133,7 +133,7 @@ class Settings(BaseSettings):
         try:
             parse_many(value)
         except ValueError as error:
-            raise ValueError(f"TOPIARY_RATE_LIMIT {value!r} is not a rate such as "
+            raise ValueError(f"{value!r} is not a rate such as "
                              "'20/second;600/minute'") from error
         return value
 

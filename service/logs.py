@@ -30,6 +30,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+#: Libraries' loggers whose own handlers ``configure_logging`` drops, so that their lines
+#: reach the root logger's JSON handler.
+ROUTED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger (ours, uvicorn's, alembic's) to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
@@ -37,7 +42,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
+    for name in ROUTED_LOGGERS:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True

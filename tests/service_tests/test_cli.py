@@ -12,6 +12,7 @@ from typer.testing import CliRunner, Result
 from cli.main import app
 from service.config import Settings, get_settings
 from service.db import create_engine_for, session_scope
+from service.logs import ROUTED_LOGGERS
 from service.tenants import authenticate
 from tests.support import program_environment, served_api
 
@@ -21,8 +22,7 @@ def logging_restored() -> Iterator[None]:
     """``serve`` and ``migrate`` point the root logger at the stderr CliRunner gives them
     (``service.logs.configure_logging``), which it closes: later tests in this process
     would log into a closed file."""
-    loggers = [logging.getLogger(name) for name in
-               ("", "uvicorn", "uvicorn.error", "uvicorn.access", "alembic")]
+    loggers = [logging.getLogger(name) for name in ("", *ROUTED_LOGGERS)]
     saved = [(logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     yield
     for logger, (handlers, level, propagate) in zip(loggers, saved, strict=True):
@@ -64,15 +64,23 @@ def test_keys_create_prints_a_working_key_once_and_revoke_disables_it(environmen
     assert again.exit_code == 1
 
 
-def test_serve_refuses_auth_none_off_loopback(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
-    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
-    monkeypatch.setenv("TOPIARY_AUTH", "none")
+def _invoke_with(monkeypatch: pytest.MonkeyPatch, home: Path, command: list[str],
+                 variables: dict[str, str]) -> Result:
+    """``topiary COMMAND`` with ``TOPIARY_HOME`` at ``home`` and ``variables`` set."""
+    monkeypatch.setenv("TOPIARY_HOME", str(home))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0"])
+        return CliRunner().invoke(app, command)
     finally:
         get_settings.cache_clear()
+
+
+def test_serve_refuses_auth_none_off_loopback(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    result = _invoke_with(monkeypatch, tmp_path, ["serve", "--host", "0.0.0.0"],
+                          {"TOPIARY_AUTH": "none"})
     assert result.exit_code == 2 and "loopback" in result.output
     assert not (tmp_path / "topiary.db").exists()
 
@@ -90,28 +98,10 @@ def test_serve_migrates_and_answers(tmp_path: Path) -> None:
 
 def test_serve_refuses_several_processes_on_sqlite(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
-    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["serve", "--processes", "2"])
-    finally:
-        get_settings.cache_clear()
+    result = _invoke_with(monkeypatch, tmp_path, ["serve", "--processes", "2"], {})
     assert result.exit_code == 2
     assert "PostgreSQL" in result.output and "TOPIARY_API_PROCESSES=1" in result.output
     assert not (tmp_path / "topiary.db").exists()
-
-
-def _invoke_with(monkeypatch: pytest.MonkeyPatch, home: Path, command: list[str],
-                 variables: dict[str, str]) -> Result:
-    """``topiary COMMAND`` with ``TOPIARY_HOME`` at ``home`` and ``variables`` set."""
-    monkeypatch.setenv("TOPIARY_HOME", str(home))
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        return CliRunner().invoke(app, command)
-    finally:
-        get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(("variable", "value", "message"), [
@@ -144,9 +134,7 @@ def test_a_database_that_does_not_answer_is_one_line_without_its_password(
 
 
 def test_the_demo_names_a_bad_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("TOPIARY_HOME", str(tmp_path))
-    monkeypatch.setenv("TOPIARY_LOG_LEVEL", "chatty")
-    result = CliRunner().invoke(app, ["demo"])
+    result = _invoke_with(monkeypatch, tmp_path, ["demo"], {"TOPIARY_LOG_LEVEL": "chatty"})
     assert result.exit_code == 1, result.output
     assert "demo failed: bad settings: TOPIARY_LOG_LEVEL: Value error, a log level is one of" \
         in " ".join(result.output.split()), result.output
